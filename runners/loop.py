@@ -1,0 +1,175 @@
+"""The training loop: the only place that reads the clock (DESIGN.md, "Runner"; AlgoPerf's rule).
+
+Timing policy: the clock accumulates training time only (batch sampling, loss, gradient and
+optimizer step); evaluation and logging run with the clock stopped; the first ``warmup_steps``
+steps are excluded from the clock and reported separately (they also carry the multiply
+measurement); on CUDA the device is synchronised before every clock read.
+
+Every optimizer is driven through ``optimizer.step(closure)``. The closure evaluates the loss of the
+step's batch at the *current* parameters, so an optimizer may call it before moving (Adam), after
+moving (LODO: its hypergradient needs the loss at the new point), or twice on the same batch
+(online L-BFGS). Each call is one loss evaluation and one row of the curve.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from runners.multiplies import MultiplyCounter
+from tasks.base import Task
+
+
+class Closure:
+    """torch.optim's closure protocol over a task's current batch, plus an exact Hessian."""
+
+    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> None:
+        self.task = task
+        self.optimizer = optimizer
+        self.params = task.parameters()
+        self.clip_grad_norm = clip_grad_norm
+        self.batch: Any = None
+        self.losses: list[float] = []
+
+    def __call__(self) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.batch)
+        loss.backward()
+        if self.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
+        self.losses.append(loss.item())
+        return loss
+
+    def hessian(self) -> torch.Tensor:
+        """Dense Hessian of this batch's loss at the current parameters (flattened in order)."""
+        x = torch.cat([p.detach().reshape(-1) for p in self.params])
+        return torch.func.hessian(lambda v: self.task.flat_loss(v, self.batch))(x)
+
+
+@dataclass
+class RunResult:
+    status: str  # ok | diverged
+    curve: pd.DataFrame
+    evals: pd.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cumulative_multiplies(n_steps: torch.Tensor, measured: list[int], analytic: int | None) -> torch.Tensor:
+    """Multiplies after each entry of ``n_steps``: the counts measured during warm-up, then the last
+    measured count (or the optimizer's declared analytic count) for every further step."""
+    if analytic is not None:
+        return n_steps.to(torch.int64) * analytic
+    if not measured:
+        return torch.zeros_like(n_steps, dtype=torch.int64)
+    prefix = torch.tensor([0, *measured], dtype=torch.int64).cumsum(0)
+    counted = n_steps.clamp(max=len(measured))
+    return prefix[counted] + (n_steps - counted).to(torch.int64) * measured[-1]
+
+
+def train(
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    budget: dict[str, Any],
+    *,
+    clip_grad_norm: float | None = None,
+    multiplies_per_step: int | None = None,
+    progress: bool = False,
+    on_eval=None,
+) -> RunResult:
+    """Run ``optimizer`` on ``task`` until both the step and the seconds budget are spent, or the
+    loss stops being finite. ``multiplies_per_step`` replaces the measured count when an optimizer
+    declares an analytic one."""
+    device = task.device
+    steps_budget = int(budget["steps"])
+    seconds_budget = float(budget.get("seconds") or 0.0)
+    eval_every = int(budget.get("eval_every") or 0)
+    warmup = min(int(budget.get("warmup_steps", 2)), steps_budget)
+
+    closure = Closure(task, optimizer, clip_grad_norm)
+    step_ends: list[int] = []  # number of loss evaluations after each step
+    step_times: list[float] = []  # training seconds after each step
+    evals: list[dict[str, float]] = []
+    measured: list[int] = []
+    train_seconds = warmup_seconds = 0.0
+    step = 0
+    status = "ok"
+
+    def evaluate() -> None:
+        row = {"step": step, "evals": len(closure.losses), "seconds": train_seconds,
+               "multiplies": multiplies(step), **task.evaluate()}
+        evals.append(row)
+        if on_eval is not None:
+            on_eval(row)
+
+    def multiplies(n_steps: int) -> int:
+        return int(cumulative_multiplies(torch.tensor([n_steps]), measured, multiplies_per_step)[0])
+
+    if eval_every:
+        evaluate()
+    bar = tqdm(total=steps_budget, disable=not progress, mininterval=2.0, leave=False, desc="train")
+    bar_every = max(1, steps_budget // 100)
+    while step < steps_budget or train_seconds < seconds_budget:
+        _sync(device)
+        start = time.perf_counter()
+        closure.batch = task.sample_batch()
+        if step < warmup:
+            with MultiplyCounter() as counter:
+                optimizer.step(closure)
+            measured.append(counter.total)
+        else:
+            optimizer.step(closure)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if step < warmup:
+            warmup_seconds += elapsed
+        else:
+            train_seconds += elapsed
+        step += 1
+        step_ends.append(len(closure.losses))
+        step_times.append(train_seconds)
+        if not math.isfinite(closure.losses[-1]):
+            status = "diverged"
+            break
+        if step % bar_every == 0:
+            bar.update(bar_every)
+        if eval_every and step % eval_every == 0:
+            evaluate()
+    bar.close()
+    if eval_every and status == "ok" and step % eval_every:
+        evaluate()
+
+    ends = torch.tensor(step_ends)
+    counts = torch.diff(ends, prepend=torch.tensor([0]))
+    step_index = torch.repeat_interleave(torch.arange(1, step + 1), counts)
+    step_multiplies = cumulative_multiplies(torch.arange(1, step + 1), measured, multiplies_per_step)
+    curve = pd.DataFrame({
+        "eval": torch.arange(1, len(closure.losses) + 1).numpy(),
+        "step": step_index.numpy(),
+        "seconds": torch.tensor(step_times, dtype=torch.float64)[step_index - 1].numpy(),
+        "multiplies": step_multiplies[step_index - 1].numpy(),
+        "loss": closure.losses,
+    })
+    stats = {
+        "steps": step,
+        "evals": len(closure.losses),
+        "train_seconds": train_seconds,
+        "warmup_seconds": warmup_seconds,
+        "warmup_steps": warmup,
+        "steps_per_second": (step - warmup) / train_seconds if train_seconds > 0 else None,
+        "multiplies": multiplies(step),
+        "multiplies_per_step": multiplies(step) - multiplies(step - 1) if step else 0,
+        "initial_loss": closure.losses[0] if closure.losses else None,
+        "final_loss": closure.losses[-1] if closure.losses else None,
+    }
+    return RunResult(status=status, curve=curve, evals=pd.DataFrame(evals), stats=stats)

@@ -1,0 +1,103 @@
+"""Run one configuration, or sweep many with ``-m``:
+
+    python -m runners.run task=rosenbrock optimizer=adam seed=3
+    python -m runners.run -m task=noisy_quadratic optimizer=adam,momentum seed=0,1 hydra/launcher=joblib
+
+A run whose record is finished (ok or diverged) is skipped unless ``force=true``; a run that raises
+is recorded as failed and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import traceback
+from typing import Any
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import optimizers
+import tasks
+from optimizers.registry import ConfigError
+from runners.loggers import make_logger
+from runners.loop import train
+from runners.plan import RunPlan, make_plan
+from runners.records import Record, git_revision, versions
+
+log = logging.getLogger("optbench")
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
+    """Run ``plan`` unless its record is finished; write the record; return the summary."""
+    record = Record(cfg.results_dir, plan.hash)
+    previous = record.summary()
+    if previous is None and (record.dir / "summary.json").exists():
+        log.warning("record %s has an unreadable summary.json; rerunning it", record.dir)
+    if record.finished() and not cfg.force:
+        log.info("run %s already finished (%s); skipping", plan.hash, previous["status"])
+        return previous
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(plan.config["task_seed"])
+    task = tasks.get(plan.task["name"])(seed=plan.config["task_seed"], device=device, dtype=plan.dtype,
+                                        **plan.task["options"])
+    torch.manual_seed(plan.config["optimizer_seed"])
+    spec = optimizers.get(plan.optimizer["name"])
+    optimizer = spec.build(task.parameters(), **plan.optimizer["hparams"])
+    analytic = spec.multiplies_per_step(task) if spec.multiplies_per_step else None
+
+    logger = make_logger(cfg.logger, plan, cfg.get("table"))
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    summary: dict[str, Any] = {
+        "hash": plan.hash, "task": plan.task["name"], "optimizer": plan.optimizer["name"],
+        "seed": plan.config["seed"], "task_seed": plan.config["task_seed"],
+        "optimizer_seed": plan.config["optimizer_seed"], "scale": plan.config["scale"],
+        "table": cfg.get("table"), "device": str(device), "dtype": plan.task["dtype"],
+        "torch_threads": torch.get_num_threads(), "versions": versions(), "git_revision": git_revision(),
+        "started": started, "timing_policy": "training time only; evaluation and logging excluded; "
+        "warm-up steps excluded and reported separately; device synchronised before clock reads",
+        **task.facts(),
+    }
+    try:
+        result = train(task, optimizer, plan.budget, clip_grad_norm=plan.config["clip_grad_norm"],
+                       multiplies_per_step=analytic, progress=cfg.progress, on_eval=logger.log_eval)
+    except Exception as error:  # recorded, and the sweep goes on
+        summary.update(status="failed", error=f"{type(error).__name__}: {error}",
+                       traceback=traceback.format_exc(limit=8))
+        record.write(plan.config, pd.DataFrame(), pd.DataFrame(), summary)
+        logger.finish(summary, None)
+        log.error("run %s failed: %s", plan.hash, summary["error"])
+        return summary
+    summary.update(status=result.status, **result.stats,
+                   finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    record.write(plan.config, result.curve, result.evals, summary)
+    logger.finish(summary, result.curve)
+    log.info("run %s %s: %s on %s, seed %d, final loss %.6g, %d steps in %.2fs",
+             plan.hash, result.status, plan.optimizer["name"], plan.task["name"], plan.config["seed"],
+             summary["final_loss"], summary["steps"], summary["train_seconds"])
+    return summary
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        plan = make_plan(cfg)
+    except ConfigError as error:
+        print(f"optbench: {error}", file=sys.stderr)
+        sys.exit(2)
+    log.debug("effective config:\n%s", OmegaConf.to_yaml(plan.config))
+    execute(plan, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Reproduce one table: ``python -m scripts.reproduce 4 scale=quick [hydra overrides...]``.
+
+1. Compose ``experiment/table_N.yaml`` and expand its sweep (every ``report.sweep`` combination x
+   ``scale.seeds`` seeds) into run plans. Every plan is validated here, before anything runs.
+2. Launch the plans whose records are missing as one Hydra multirun (joblib launcher, ``jobs=2``);
+   finished runs are never repeated, so an interrupted table resumes where it stopped.
+3. Aggregate the records into ``results/table_N.md``, ``.csv`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from optimizers.registry import ConfigError
+from runners.plan import RunPlan, make_plan
+from runners.records import Record
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def tables() -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (CONFIGS / "experiment").glob("table_*.yaml"))
+
+
+def compose_table(table: int, overrides: list[str]) -> DictConfig:
+    if table not in tables():
+        raise ConfigError(f"unknown table {table}; valid: {', '.join(map(str, tables()))}")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=[f"+experiment=table_{table}", *overrides])
+
+
+def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
+    """Every combination of the table's sweep, times the scale's seeds, as Hydra override lists."""
+    axes = {**OmegaConf.to_container(cfg.report.sweep), "seed": list(range(int(cfg.scale.seeds)))}
+    keys = list(axes)
+    return [[f"{k}={v}" for k, v in zip(keys, values, strict=True)]
+            for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def plan_table(table: int, overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], RunPlan]]]:
+    cfg = compose_table(table, overrides)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        runs = [(combo, make_plan(compose("config", overrides=[f"+experiment=table_{table}", *overrides, *combo])))
+                for combo in sweep_overrides(cfg)]
+    return cfg, runs
+
+
+def launch(table: int, overrides: list[str], cfg: DictConfig, jobs: int) -> int:
+    """One Hydra multirun over the table's sweep; each job skips its finished record."""
+    axes = {**OmegaConf.to_container(cfg.report.sweep), "seed": list(range(int(cfg.scale.seeds)))}
+    sweep = [f"{k}={','.join(str(v) for v in values)}" for k, values in axes.items()]
+    launcher = ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    command = [sys.executable, "-m", "runners.run", "-m", f"+experiment=table_{table}", *overrides, *sweep,
+               *launcher, "progress=false"]
+    print("+", " ".join(command), flush=True)
+    return subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", type=int)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scale=smoke")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("OPTBENCH_JOBS", "2")))
+    args = parser.parse_args(argv)
+
+    from scripts.tables import write_table  # matplotlib is imported only when a table is written
+
+    try:
+        cfg, runs = plan_table(args.table, args.overrides)
+    except ConfigError as error:
+        print(f"optbench: {error}", file=sys.stderr)
+        return 2
+    missing = [plan for _, plan in runs if not Record(cfg.results_dir, plan.hash).finished()]
+    print(f"table {args.table} at scale={cfg.scale.name}: {len(runs)} runs, {len(missing)} to run", flush=True)
+    if missing:
+        code = launch(args.table, args.overrides, cfg, args.jobs)
+        if code != 0:
+            print(f"optbench: the sweep exited with {code}; writing the table from the finished runs",
+                  file=sys.stderr)
+    paths = write_table(args.table, cfg, [plan for _, plan in runs], [combo for combo, _ in runs])
+    for path in paths:
+        print("wrote", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Aggregate a table's run records into ``table_N.md`` / ``.csv`` and its plots.
+
+Per run, each milestone M gives the mean training loss over the last 10% before it (strict window
+0.9 M < x < M, x = loss evaluation for step milestones and training seconds for time milestones, the
+LODO code's rule). Across seeds: mean and population std (ddof 0) over the runs that did not
+diverge, with the diverged count beside it. Every row also carries the suite's own columns:
+multiplies spent at the step milestone, error per multiply (EPM: loss reduction from the first
+evaluation divided by those multiplies, the AMOLF thesis's definition), training seconds and
+steps per second. Published values come from ``results/reference/`` and are only compared against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from omegaconf import DictConfig
+
+from runners.plan import RunPlan
+from runners.records import Record, atomic_write_csv, atomic_write_text, git_revision, versions
+from scripts.plots import plot_table
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = ROOT / "results" / "reference"
+
+
+def window_mean(curve: pd.DataFrame, column: str, milestone: float) -> float:
+    """Mean loss over 0.9 M < x < M, or NaN when the run did not get that far."""
+    if curve.empty or curve[column].max() < (milestone - 1 if column == "eval" else milestone):
+        return math.nan
+    inside = curve[(curve[column] > 0.9 * milestone) & (curve[column] < milestone)]
+    return float(inside["loss"].mean()) if len(inside) else math.nan
+
+
+def run_metrics(record: Record, budget: dict[str, Any]) -> dict[str, Any]:
+    summary = record.summary() or {"status": "missing"}
+    row: dict[str, Any] = {"status": summary["status"]}
+    if summary["status"] not in ("ok", "diverged"):
+        return row
+    curve = record.curve()
+    milestones = budget.get("milestones") or {"steps": [budget["steps"]]}
+    for m in milestones.get("steps") or []:
+        row[f"loss@steps={m}"] = window_mean(curve, "eval", m)
+    for t in milestones.get("seconds") or []:
+        row[f"loss@seconds={t:g}"] = window_mean(curve, "seconds", t)
+    first_step = (milestones.get("steps") or [budget["steps"]])[0]
+    reached = curve[curve["eval"] <= first_step]
+    if len(reached):
+        row["multiplies"] = int(reached["multiplies"].iloc[-1])
+        loss = row.get(f"loss@steps={first_step}", math.nan)
+        row["epm"] = (curve["loss"].iloc[0] - loss) / row["multiplies"] if row["multiplies"] else math.nan
+    row["train_seconds"] = summary.get("train_seconds")
+    row["steps_per_second"] = summary.get("steps_per_second")
+    if "optimum" in summary:
+        row["optimum"] = summary["optimum"]
+    return row
+
+
+def variant_label(combo: list[str]) -> str:
+    """The row's task label: the swept overrides other than optimizer and seed."""
+    parts = [c.split("=", 1) for c in combo]
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in parts if k not in ("optimizer", "seed"))
+
+
+def task_label(task: str, variant: str) -> str:
+    return f"{task} ({variant})" if variant else task
+
+
+def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) -> pd.DataFrame:
+    rows = []
+    for plan, combo in zip(plans, combos, strict=True):
+        metrics = run_metrics(Record(cfg.results_dir, plan.hash), plan.budget)
+        rows.append({"task": plan.task["name"], "variant": variant_label(combo), "optimizer": plan.optimizer["name"],
+                     "seed": plan.config["seed"], **metrics})
+    runs = pd.DataFrame(rows)
+    metric_cols = [c for c in runs.columns if c.startswith("loss@") or c in
+                   ("multiplies", "epm", "train_seconds", "steps_per_second", "optimum")]
+    out = []
+    for (task, variant, opt), group in runs.groupby(["task", "variant", "optimizer"], sort=False):
+        ok = group[group["status"] == "ok"]
+        cell = {"task": task, "variant": variant, "optimizer": opt, "runs": len(group), "ok": len(ok),
+                "diverged": int((group["status"] == "diverged").sum()),
+                "failed": int((group["status"] == "failed").sum()),
+                "missing": int((group["status"] == "missing").sum())}
+        for col in metric_cols:
+            values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
+            cell[col] = float(values.mean()) if len(values) else math.nan
+            if col.startswith("loss@"):
+                cell[f"{col} std"] = float(values.std(ddof=0)) if len(values) else math.nan
+        out.append(cell)
+    return pd.DataFrame(out)
+
+
+def load_reference(name: str | None) -> dict[str, Any]:
+    """The published values of a table (``results/reference/<name>``), or {} when there are none."""
+    return yaml.safe_load((REFERENCE_DIR / name).read_text()) if name else {}
+
+
+def _fmt(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.4g}"
+
+
+def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dict[str, Any],
+                plans: list[RunPlan], figures: list[Path]) -> str:
+    source = (f"{reference['source']} ({'verified' if reference.get('verified') else 'unverified'}; "
+              f"results/reference/{cfg.report.reference})") if reference else "no published values available"
+    loss_cols = [c for c in frame.columns if c.startswith("loss@") and not c.endswith(" std")]
+    ref = {(r["task"], r["optimizer"], r["metric"]): r for r in (reference or {}).get("values", [])}
+    header = ["task", "optimizer", "runs"]
+    for col in loss_cols:
+        header += [f"{col} (ours)", "paper", "diff"]
+    header += ["multiplies", "EPM", "train s", "steps/s"] + (["optimum"] if "optimum" in frame else [])
+    lines = [f"# Table {table}: {cfg.report.title}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for row in frame.to_dict("records"):
+        task = task_label(row["task"], row["variant"])
+        diverged = f" (diverged {row['diverged']}/{row['runs']})" if row["diverged"] else ""
+        cells = [task, row["optimizer"], f"{row['ok']}/{row['runs']}{diverged}"]
+        for col in loss_cols:
+            ours = row[col]
+            cells.append("diverged" if row["ok"] == 0 and row["diverged"] else
+                         f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}")
+            paper = ref.get((row["task"], row["optimizer"], col.split("=")[0]))
+            if paper:
+                cells.append(_fmt(paper["value"]) + (f" ± {_fmt(paper['std'])}" if paper.get("std") else ""))
+                diff = (ours - paper["value"]) / abs(paper["value"]) if paper["value"] else math.nan
+                cells.append("–" if math.isnan(diff) else f"{diff:+.1%}")
+            else:
+                cells += ["–", "–"]
+        cells += [_fmt(row.get("multiplies")), _fmt(row.get("epm")), _fmt(row.get("train_seconds")),
+                  _fmt(row.get("steps_per_second"))]
+        if "optimum" in frame:
+            cells.append(_fmt(row.get("optimum")))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Notes:"] + [f"- {note}" for note in cfg.report.get("notes") or []]
+    lines += ["- Cells: mean ± population std over the seeds that did not diverge; 'diff' is relative to the paper.",
+              f"- paper: {source}", ""]
+    lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
+    lines += ["", footer(cfg, plans)]
+    return "\n".join(lines) + "\n"
+
+
+def footer(cfg: DictConfig, plans: list[RunPlan]) -> str:
+    summaries = [Record(cfg.results_dir, p.hash).summary() or {} for p in plans]
+    devices = sorted({s.get("device", "?") for s in summaries if s})
+    revisions = sorted({s.get("git_revision", "?") for s in summaries if s})
+    budgets = {p.task["name"]: p.budget for p in plans}
+    return "\n".join([
+        "---",
+        f"Produced by optbench at scale={cfg.scale.name} with {cfg.scale.seeds} seeds per cell "
+        f"({len(plans)} runs); budgets: {json.dumps(budgets, sort_keys=True)}.",
+        f"Device: {', '.join(devices)}; versions: {json.dumps(versions(), sort_keys=True)}; "
+        f"git revision of the runs: {', '.join(revisions)}; table written at {git_revision()}.",
+        "Timing: training time only; evaluation and logging excluded; warm-up steps excluded and "
+        "reported separately; device synchronised before clock reads.",
+    ])
+
+
+def write_table(table: int, cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) -> list[Path]:
+    out = Path(cfg.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = aggregate(cfg, plans, combos)
+    labels = [task_label(plan.task["name"], variant_label(combo))
+              for plan, combo in zip(plans, combos, strict=True)]
+    figures = plot_table(table, cfg, plans, labels, out / "figures")
+    reference = load_reference(cfg.report.get("reference"))
+    md, csv = out / f"table_{table}.md", out / f"table_{table}.csv"
+    atomic_write_text(md, to_markdown(table, cfg, frame, reference, plans, figures))
+    atomic_write_csv(csv, frame.assign(scale=cfg.scale.name, table=table))
+    return [md, csv, *figures]

@@ -1,0 +1,77 @@
+"""The task contract (DESIGN.md, "Task"): parameters, batches, a training loss, metrics, and what a
+task offers to optimizers that need more than gradients.
+
+A task owns its random state (a ``torch.Generator`` seeded from the run's task seed), so the same
+seed gives the same batches whatever the optimizer does with the global RNG.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+
+class Task:
+    """A benchmark problem. Subclasses set ``name`` and implement ``sample_batch`` and ``loss``.
+
+    ``offers`` lists capabilities beyond gradients: ``"hessian"`` means ``flat_loss`` is defined, so
+    optimizers can form exact Hessians with ``torch.func``.
+    """
+
+    name: ClassVar[str]
+    offers: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, seed: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.seed = seed
+        self.device = device
+        self.dtype = dtype
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def parameters(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def sample_batch(self) -> Any:
+        """Draw the next training batch (data, noise, ...). Called once per optimizer step."""
+        return None
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """Training loss of ``batch`` at the current parameters (differentiable)."""
+        raise NotImplementedError
+
+    def flat_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The same loss as a function of the flattened parameter vector (for ``torch.func``)."""
+        raise NotImplementedError(f"task {self.name!r} does not offer a functional loss")
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics at the current parameters, outside the training clock."""
+        return {}
+
+    def facts(self) -> dict[str, float]:
+        """Constants of this task instance worth recording (e.g. an analytic optimum)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": [p.detach().clone() for p in self.parameters()], "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.parameters(), state["params"], strict=True):
+                p.copy_(saved)
+        self.generator.set_state(state["rng"])
+
+
+class VectorTask(Task):
+    """A task whose parameters are one flat vector ``x``; its loss is ``flat_loss(x, batch)``."""
+
+    offers = frozenset({"hessian"})
+
+    def __init__(self, x0: torch.Tensor, seed: int, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(seed, device, dtype)
+        self.x = x0.to(device=device, dtype=dtype).clone().requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.x]
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return self.flat_loss(self.x, batch)
