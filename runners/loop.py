@@ -62,11 +62,6 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cumulative_multiplies(n_steps: torch.Tensor, measured: list[int], analytic: int | None) -> torch.Tensor:
     """Multiplies after each entry of ``n_steps``: the counts measured during warm-up, then the last
     measured count (or the optimizer's declared analytic count) for every further step."""
@@ -121,8 +116,10 @@ def train(
         evaluate()
     bar = tqdm(total=steps_budget, disable=not progress, mininterval=2.0, leave=False, desc="train")
     bar_every = max(1, steps_budget // 100)
+    cuda = device.type == "cuda"
     while step < steps_budget or train_seconds < seconds_budget:
-        _sync(device)
+        if cuda:
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         closure.batch = task.sample_batch()
         if step < warmup:
@@ -131,12 +128,12 @@ def train(
             measured.append(counter.total)
         else:
             optimizer.step(closure)
-        _sync(device)
-        elapsed = time.perf_counter() - start
+        if cuda:
+            torch.cuda.synchronize(device)
         if step < warmup:
-            warmup_seconds += elapsed
+            warmup_seconds += time.perf_counter() - start
         else:
-            train_seconds += elapsed
+            train_seconds += time.perf_counter() - start
         step += 1
         step_ends.append(len(closure.losses))
         step_times.append(train_seconds)
