@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -48,9 +49,11 @@ def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
         return previous
 
     device = pick_device(cfg.device)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(plan.config["task_seed"])
     task = tasks.get(plan.task["name"])(seed=plan.config["task_seed"], device=device, dtype=plan.dtype,
-                                        **plan.task["options"])
+                                        data_dir=Path(cfg.data_dir), **plan.task["options"])
     torch.manual_seed(plan.config["optimizer_seed"])
     spec = optimizers.get(plan.optimizer["name"])
     optimizer = spec.build(task.parameters(), **plan.optimizer["hparams"])

@@ -38,29 +38,35 @@ def compose_table(table: int, overrides: list[str]) -> DictConfig:
         return compose("config", overrides=[f"+experiment=table_{table}", *overrides])
 
 
+def sweep_axes(cfg: DictConfig) -> dict[str, list]:
+    """The table's sweep axes plus the scale's seeds."""
+    return {**OmegaConf.to_container(cfg.report.sweep), "seed": list(range(int(cfg.scale.seeds)))}
+
+
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
-    """Every combination of the table's sweep, times the scale's seeds, as Hydra override lists."""
-    axes = {**OmegaConf.to_container(cfg.report.sweep), "seed": list(range(int(cfg.scale.seeds)))}
+    """Every combination of the table's sweep, as Hydra override lists."""
+    axes = sweep_axes(cfg)
     keys = list(axes)
     return [[f"{k}={v}" for k, v in zip(keys, values, strict=True)]
             for values in itertools.product(*(axes[k] for k in keys))]
 
 
 def plan_table(table: int, overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], RunPlan]]]:
+    """The table's config and every run of its sweep, validated."""
     cfg = compose_table(table, overrides)
+    base = [f"+experiment=table_{table}", *overrides]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        runs = [(combo, make_plan(compose("config", overrides=[f"+experiment=table_{table}", *overrides, *combo])))
-                for combo in sweep_overrides(cfg)]
+        runs = [(combo, make_plan(compose("config", overrides=[*base, *combo]))) for combo in sweep_overrides(cfg)]
     return cfg, runs
 
 
 def launch(table: int, overrides: list[str], cfg: DictConfig, jobs: int) -> int:
     """One Hydra multirun over the table's sweep; each job skips its finished record."""
-    axes = {**OmegaConf.to_container(cfg.report.sweep), "seed": list(range(int(cfg.scale.seeds)))}
-    sweep = [f"{k}={','.join(str(v) for v in values)}" for k, values in axes.items()]
+    sweep = [f"{k}={','.join(str(v) for v in values)}" for k, values in sweep_axes(cfg).items()]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     launcher = ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     command = [sys.executable, "-m", "runners.run", "-m", f"+experiment=table_{table}", *overrides, *sweep,
-               *launcher, "progress=false"]
+               *launcher, f"threads={threads}", "progress=false"]
     print("+", " ".join(command), flush=True)
     return subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -7,9 +7,11 @@ seed gives the same batches whatever the optimizer does with the global RNG.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 
 class Task:
@@ -22,10 +24,11 @@ class Task:
     name: ClassVar[str]
     offers: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, seed: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, data_dir: Path | None = None) -> None:
         self.seed = seed
         self.device = device
         self.dtype = dtype
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -66,8 +69,8 @@ class VectorTask(Task):
 
     offers = frozenset({"hessian"})
 
-    def __init__(self, x0: torch.Tensor, seed: int, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(seed, device, dtype)
+    def __init__(self, x0: torch.Tensor, seed: int, device: torch.device, dtype: torch.dtype, **context) -> None:
+        super().__init__(seed, device, dtype, **context)
         self.x = x0.to(device=device, dtype=dtype).clone().requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -75,3 +78,48 @@ class VectorTask(Task):
 
     def loss(self, batch: Any) -> torch.Tensor:
         return self.flat_loss(self.x, batch)
+
+
+class ModelTask(Task):
+    """A task whose parameters are those of an ``nn.Module``: the subclass builds the model and
+    calls ``self.attach(model)``, which moves it to the task's device and dtype.
+
+    ``loss(batch)`` is ``self.criterion(self.model(inputs), targets)`` plus ``self.l2 / 2 * ||w||^2``
+    when ``l2`` is set; ``flat_loss`` evaluates the same through ``torch.func.functional_call``.
+    """
+
+    l2: float = 0.0
+
+    def attach(self, model: nn.Module) -> None:
+        self.model = model.to(device=self.device, dtype=self.dtype)
+        self._names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def criterion(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _regularised(self, loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        if not self.l2:
+            return loss
+        return loss + 0.5 * self.l2 * sum(p.square().sum() for p in params)
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        inputs, targets = batch
+        return self._regularised(self.criterion(self.model(inputs), targets), self.parameters())
+
+    def flat_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        inputs, targets = batch
+        params = list(x.split([p.numel() for p in self.parameters()]))
+        params = [v.view_as(p) for v, p in zip(params, self.parameters(), strict=True)]
+        output = torch.func.functional_call(self.model, dict(zip(self._names, params, strict=True)), (inputs,))
+        return self._regularised(self.criterion(output, targets), params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["rng"])

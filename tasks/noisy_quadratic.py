@@ -31,11 +31,12 @@ class NoisyQuadratic(VectorTask):
         noise_std: float = 1.0,
         eig_min: float = 1e-3,
         eig_max: float = 1.0,
+        **context,
     ) -> None:
         if dim < 1 or noise_std < 0 or not 0 < eig_min <= eig_max:
             raise ValueError(f"invalid noisy_quadratic options dim={dim} noise_std={noise_std} "
                              f"eig_min={eig_min} eig_max={eig_max}")
-        super().__init__(torch.zeros(dim), seed, device, dtype)
+        super().__init__(torch.zeros(dim), seed, device, dtype, **context)
         self.noise_std = noise_std
         self.eigenvalues = torch.linspace(
             math.log(eig_min), math.log(eig_max), dim, dtype=dtype, device=device

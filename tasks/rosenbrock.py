@@ -15,8 +15,8 @@ class Rosenbrock(VectorTask):
 
     name = "rosenbrock"
 
-    def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, start=(-0.5, 2.0)) -> None:
-        super().__init__(torch.tensor(start, dtype=torch.float64), seed, device, dtype)
+    def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, start=(-0.5, 2.0), **context) -> None:
+        super().__init__(torch.tensor(start, dtype=torch.float64), seed, device, dtype, **context)
 
     def flat_loss(self, x: torch.Tensor, batch=None) -> torch.Tensor:
         return 0.01 * (1.0 - x[0]) ** 2 + (x[1] - x[0] ** 2) ** 2
