@@ -103,7 +103,7 @@ def train(
     status = "ok"
 
     def evaluate() -> None:
-        row = {"step": step, "evals": len(closure.losses), "seconds": train_seconds,
+        row = {"step": step, "eval": len(closure.losses), "seconds": train_seconds,
                "multiplies": multiplies(step), **task.evaluate()}
         evals.append(row)
         if on_eval is not None:

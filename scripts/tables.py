@@ -28,30 +28,38 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = ROOT / "results" / "reference"
 
 
-def window_mean(curve: pd.DataFrame, column: str, milestone: float) -> float:
-    """Mean loss over 0.9 M < x < M, or NaN when the run did not get that far."""
-    if curve.empty or curve[column].max() < (milestone - 1 if column == "eval" else milestone):
+def window_mean(frame: pd.DataFrame, column: str, milestone: float, metric: str = "loss") -> float:
+    """Mean of ``metric`` over rows with 0.9 M < x < M (x = ``column``: "eval" or "seconds"), or NaN
+    when the run did not get that far. Sparse evaluations with no row inside the window give the
+    last value at or before M."""
+    if frame.empty or metric not in frame or frame[column].max() < (milestone - 1 if column == "eval" else milestone):
         return math.nan
-    inside = curve[(curve[column] > 0.9 * milestone) & (curve[column] < milestone)]
-    return float(inside["loss"].mean()) if len(inside) else math.nan
+    inside = frame[(frame[column] > 0.9 * milestone) & (frame[column] < milestone)]
+    if len(inside):
+        return float(inside[metric].mean())
+    before = frame[frame[column] <= milestone]
+    return float(before[metric].iloc[-1]) if len(before) else math.nan
 
 
-def run_metrics(record: Record, budget: dict[str, Any]) -> dict[str, Any]:
+def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str]) -> dict[str, Any]:
+    """One run's cells: the loss (and each of ``eval_metrics``) at every milestone, multiplies, EPM
+    and timing."""
     summary = record.summary() or {"status": "missing"}
     row: dict[str, Any] = {"status": summary["status"]}
     if summary["status"] not in ("ok", "diverged"):
         return row
-    curve = record.curve()
+    curve, evals = record.curve(), (record.evals() if eval_metrics else pd.DataFrame())
     milestones = budget.get("milestones") or {"steps": [budget["steps"]]}
-    for m in milestones.get("steps") or []:
-        row[f"loss@steps={m}"] = window_mean(curve, "eval", m)
-    for t in milestones.get("seconds") or []:
-        row[f"loss@seconds={t:g}"] = window_mean(curve, "seconds", t)
+    for column, label in (("eval", "steps"), ("seconds", "seconds")):
+        for m in milestones.get(label) or []:
+            row[f"loss@{label}={m:g}"] = window_mean(curve, column, m)
+            for metric in eval_metrics:
+                row[f"{metric}@{label}={m:g}"] = window_mean(evals, column, m, metric)
     first_step = (milestones.get("steps") or [budget["steps"]])[0]
     reached = curve[curve["eval"] <= first_step]
     if len(reached):
         row["multiplies"] = int(reached["multiplies"].iloc[-1])
-        loss = row.get(f"loss@steps={first_step}", math.nan)
+        loss = row.get(f"loss@steps={first_step:g}", math.nan)
         row["epm"] = (curve["loss"].iloc[0] - loss) / row["multiplies"] if row["multiplies"] else math.nan
     row["train_seconds"] = summary.get("train_seconds")
     row["steps_per_second"] = summary.get("steps_per_second")
@@ -72,12 +80,13 @@ def task_label(task: str, variant: str) -> str:
 
 def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) -> pd.DataFrame:
     rows = []
+    eval_metrics = list(cfg.report.get("eval_metrics") or [])
     for plan, combo in zip(plans, combos, strict=True):
-        metrics = run_metrics(Record(cfg.results_dir, plan.hash), plan.budget)
+        metrics = run_metrics(Record(cfg.results_dir, plan.hash), plan.budget, eval_metrics)
         rows.append({"task": plan.task["name"], "variant": variant_label(combo), "optimizer": plan.optimizer["name"],
                      "seed": plan.config["seed"], **metrics})
     runs = pd.DataFrame(rows)
-    metric_cols = [c for c in runs.columns if c.startswith("loss@") or c in
+    metric_cols = [c for c in runs.columns if "@" in c or c in
                    ("multiplies", "epm", "train_seconds", "steps_per_second", "optimum")]
     out = []
     for (task, variant, opt), group in runs.groupby(["task", "variant", "optimizer"], sort=False):
@@ -89,7 +98,7 @@ def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) ->
         for col in metric_cols:
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
             cell[col] = float(values.mean()) if len(values) else math.nan
-            if col.startswith("loss@"):
+            if "@" in col:
                 cell[f"{col} std"] = float(values.std(ddof=0)) if len(values) else math.nan
         out.append(cell)
     return pd.DataFrame(out)
@@ -110,7 +119,7 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
                 plans: list[RunPlan], figures: list[Path]) -> str:
     source = (f"{reference['source']} ({'verified' if reference.get('verified') else 'unverified'}; "
               f"results/reference/{cfg.report.reference})") if reference else "no published values available"
-    loss_cols = [c for c in frame.columns if c.startswith("loss@") and not c.endswith(" std")]
+    loss_cols = [c for c in frame.columns if "@" in c and not c.endswith(" std")]
     ref = {(r["task"], r["optimizer"], r["metric"]): r for r in (reference or {}).get("values", [])}
     header = ["task", "optimizer", "runs"]
     for col in loss_cols:
