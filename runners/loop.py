@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from runners.checkpoint import Checkpointer
 from runners.multiplies import MultiplyCounter
 from tasks.base import Task
 
@@ -62,6 +63,21 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Progress:
+    """What the loop has accumulated. A checkpoint saves it with the task's and the optimizer's
+    state, so a resumed run continues bitwise identically on the CPU."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)  # one per loss evaluation
+    step_ends: list[int] = field(default_factory=list)  # loss evaluations after each step
+    step_times: list[float] = field(default_factory=list)  # training seconds after each step
+    evals: list[dict[str, float]] = field(default_factory=list)
+    measured: list[int] = field(default_factory=list)  # multiplies counted in the warm-up steps
+    train_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+
+
 def cumulative_multiplies(n_steps: torch.Tensor, measured: list[int], analytic: int | None) -> torch.Tensor:
     """Multiplies after each entry of ``n_steps``: the counts measured during warm-up, then the last
     measured count (or the optimizer's declared analytic count) for every further step."""
@@ -83,10 +99,12 @@ def train(
     multiplies_per_step: int | None = None,
     progress: bool = False,
     on_eval=None,
+    checkpointer: Checkpointer | None = None,
 ) -> RunResult:
     """Run ``optimizer`` on ``task`` until both the step and the seconds budget are spent, or the
     loss stops being finite. ``multiplies_per_step`` replaces the measured count when an optimizer
-    declares an analytic one."""
+    declares an analytic one. With a ``checkpointer``, the run resumes from its last checkpoint and
+    saves new ones when they are due."""
     device = task.device
     steps_budget = int(budget["steps"])
     seconds_budget = float(budget.get("seconds") or 0.0)
@@ -94,81 +112,95 @@ def train(
     warmup = min(int(budget.get("warmup_steps", 2)), steps_budget)
 
     closure = Closure(task, optimizer, clip_grad_norm)
-    step_ends: list[int] = []  # number of loss evaluations after each step
-    step_times: list[float] = []  # training seconds after each step
-    evals: list[dict[str, float]] = []
-    measured: list[int] = []
-    train_seconds = warmup_seconds = 0.0
-    step = 0
+    saved = checkpointer.load() if checkpointer else None
+    if saved:
+        state = Progress(**saved["progress"])
+        task.load_state_dict(saved["task"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+    else:
+        state = Progress()
+    closure.losses = state.losses
     status = "ok"
 
+    def multiplies(n_steps: int) -> int:
+        return int(cumulative_multiplies(torch.tensor([n_steps]), state.measured, multiplies_per_step)[0])
+
     def evaluate() -> None:
-        row = {"step": step, "eval": len(closure.losses), "seconds": train_seconds,
-               "multiplies": multiplies(step), **task.evaluate()}
-        evals.append(row)
+        row = {"step": state.step, "eval": len(state.losses), "seconds": state.train_seconds,
+               "multiplies": multiplies(state.step), **task.evaluate()}
+        state.evals.append(row)
         if on_eval is not None:
             on_eval(row)
 
-    def multiplies(n_steps: int) -> int:
-        return int(cumulative_multiplies(torch.tensor([n_steps]), measured, multiplies_per_step)[0])
-
-    if eval_every:
+    if eval_every and not saved:
         evaluate()
-    bar = tqdm(total=steps_budget, disable=not progress, mininterval=2.0, leave=False, desc="train")
+    bar = tqdm(total=steps_budget, initial=state.step, disable=not progress, mininterval=2.0, leave=False,
+               desc="train")
     bar_every = max(1, steps_budget // 100)
     cuda = device.type == "cuda"
-    while step < steps_budget or train_seconds < seconds_budget:
+    while state.step < steps_budget or state.train_seconds < seconds_budget:
         if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         closure.batch = task.sample_batch()
-        if step < warmup:
+        if state.step < warmup:
             with MultiplyCounter() as counter:
                 optimizer.step(closure)
-            measured.append(counter.total)
+            state.measured.append(counter.total)
         else:
             optimizer.step(closure)
         if cuda:
             torch.cuda.synchronize(device)
-        if step < warmup:
-            warmup_seconds += time.perf_counter() - start
+        if state.step < warmup:
+            state.warmup_seconds += time.perf_counter() - start
         else:
-            train_seconds += time.perf_counter() - start
-        step += 1
-        step_ends.append(len(closure.losses))
-        step_times.append(train_seconds)
-        if not math.isfinite(closure.losses[-1]):
+            state.train_seconds += time.perf_counter() - start
+        state.step += 1
+        state.step_ends.append(len(state.losses))
+        state.step_times.append(state.train_seconds)
+        if not math.isfinite(state.losses[-1]):
             status = "diverged"
             break
-        if step % bar_every == 0:
+        if state.step % bar_every == 0:
             bar.update(bar_every)
-        if eval_every and step % eval_every == 0:
+        if eval_every and state.step % eval_every == 0:
             evaluate()
+        if checkpointer and checkpointer.due(state.step):
+            checkpointer.save({"progress": asdict(state), "task": task.state_dict(),
+                               "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()})
     bar.close()
-    if eval_every and status == "ok" and step % eval_every:
+    if eval_every and status == "ok" and state.step % eval_every:
         evaluate()
+    return RunResult(status=status, curve=_curve(state, multiplies_per_step), evals=pd.DataFrame(state.evals),
+                     stats=_stats(state, warmup, multiplies))
 
-    ends = torch.tensor(step_ends)
-    counts = torch.diff(ends, prepend=torch.tensor([0]))
-    step_index = torch.repeat_interleave(torch.arange(1, step + 1), counts)
-    step_multiplies = cumulative_multiplies(torch.arange(1, step + 1), measured, multiplies_per_step)
-    curve = pd.DataFrame({
-        "eval": torch.arange(1, len(closure.losses) + 1).numpy(),
+
+def _curve(state: Progress, analytic: int | None) -> pd.DataFrame:
+    """One row per loss evaluation, with the time and multiplies at the end of its step."""
+    counts = torch.diff(torch.tensor(state.step_ends, dtype=torch.int64), prepend=torch.tensor([0]))
+    step_index = torch.repeat_interleave(torch.arange(1, state.step + 1), counts)
+    step_multiplies = cumulative_multiplies(torch.arange(1, state.step + 1), state.measured, analytic)
+    return pd.DataFrame({
+        "eval": torch.arange(1, len(state.losses) + 1).numpy(),
         "step": step_index.numpy(),
-        "seconds": torch.tensor(step_times, dtype=torch.float64)[step_index - 1].numpy(),
+        "seconds": torch.tensor(state.step_times, dtype=torch.float64)[step_index - 1].numpy(),
         "multiplies": step_multiplies[step_index - 1].numpy(),
-        "loss": closure.losses,
+        "loss": state.losses,
     })
-    stats = {
+
+
+def _stats(state: Progress, warmup: int, multiplies) -> dict[str, Any]:
+    step = state.step
+    return {
         "steps": step,
-        "evals": len(closure.losses),
-        "train_seconds": train_seconds,
-        "warmup_seconds": warmup_seconds,
+        "evals": len(state.losses),
+        "train_seconds": state.train_seconds,
+        "warmup_seconds": state.warmup_seconds,
         "warmup_steps": warmup,
-        "steps_per_second": (step - warmup) / train_seconds if train_seconds > 0 else None,
+        "steps_per_second": (step - warmup) / state.train_seconds if state.train_seconds > 0 else None,
         "multiplies": multiplies(step),
         "multiplies_per_step": multiplies(step) - multiplies(step - 1) if step else 0,
-        "initial_loss": closure.losses[0] if closure.losses else None,
-        "final_loss": closure.losses[-1] if closure.losses else None,
+        "initial_loss": state.losses[0] if state.losses else None,
+        "final_loss": state.losses[-1] if state.losses else None,
     }
-    return RunResult(status=status, curve=curve, evals=pd.DataFrame(evals), stats=stats)

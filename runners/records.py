@@ -9,6 +9,8 @@ last, so a run is finished exactly when its summary exists and says so.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -65,6 +67,22 @@ class Record:
 
     def __init__(self, results_dir: str | Path, run_hash: str) -> None:
         self.dir = Path(results_dir) / "runs" / run_hash
+
+    @contextlib.contextmanager
+    def claim(self):
+        """Yield True while this process holds the run's lock, False when another process does.
+        An flock dies with its process, so a SIGKILLed sweep leaves no stale claim behind."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "run.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def summary(self) -> dict[str, Any] | None:
         """The summary if it exists and parses; a hand-broken file counts as absent (and is rerun)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import optimizers
 import tasks
 from optimizers.registry import ConfigError
+from runners.checkpoint import Checkpointer
 from runners.loggers import make_logger
 from runners.loop import train
 from runners.plan import RunPlan, make_plan
@@ -38,16 +40,37 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
-    """Run ``plan`` unless its record is finished; write the record; return the summary."""
-    record = Record(cfg.results_dir, plan.hash)
-    previous = record.summary()
-    if previous is None and (record.dir / "summary.json").exists():
-        log.warning("record %s has an unreadable summary.json; rerunning it", record.dir)
-    if record.finished() and not cfg.force:
-        log.info("run %s already finished (%s); skipping", plan.hash, previous["status"])
-        return previous
+def ensure_writable(results_dir: str | Path) -> None:
+    """Fail before any work when the results directory cannot be written."""
+    runs = Path(results_dir) / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        probe = runs / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"results directory {results_dir} is not writable ({error.strerror})") from None
 
+
+def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any] | None:
+    """Run ``plan`` unless its record is finished or another process holds it; write the record;
+    return the summary (None when another process is running it)."""
+    ensure_writable(cfg.results_dir)
+    record = Record(cfg.results_dir, plan.hash)
+    with record.claim() as mine:
+        if not mine:
+            log.info("run %s is being run by another process; skipping", plan.hash)
+            return None
+        previous = record.summary()
+        if previous is None and (record.dir / "summary.json").exists():
+            log.warning("record %s has an unreadable summary.json; rerunning it", record.dir)
+        if record.finished() and not cfg.force:
+            log.info("run %s already finished (%s); skipping", plan.hash, previous["status"])
+            return previous
+        return _run(plan, cfg, record)
+
+
+def _run(plan: RunPlan, cfg: DictConfig, record: Record) -> dict[str, Any]:
     device = pick_device(cfg.device)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -58,6 +81,11 @@ def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
     spec = optimizers.get(plan.optimizer["name"])
     optimizer = spec.build(task.parameters(), **plan.optimizer["hparams"])
     analytic = spec.multiplies_per_step(task) if spec.multiplies_per_step else None
+    checkpoint = cfg.scale.get("checkpoint") or {}
+    checkpointer = Checkpointer(record.dir / "checkpoint.pt", checkpoint.get("every_steps", 0),
+                                checkpoint.get("every_seconds", 0))
+    if cfg.force:
+        checkpointer.clear()
 
     logger = make_logger(cfg.logger, plan, cfg.get("table"))
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -73,7 +101,8 @@ def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
     }
     try:
         result = train(task, optimizer, plan.budget, clip_grad_norm=plan.config["clip_grad_norm"],
-                       multiplies_per_step=analytic, progress=cfg.progress, on_eval=logger.log_eval)
+                       multiplies_per_step=analytic, progress=cfg.progress, on_eval=logger.log_eval,
+                       checkpointer=checkpointer if checkpointer.enabled else None)
     except Exception as error:  # recorded, and the sweep goes on
         summary.update(status="failed", error=f"{type(error).__name__}: {error}",
                        traceback=traceback.format_exc(limit=8))
@@ -84,6 +113,7 @@ def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
     summary.update(status=result.status, **result.stats,
                    finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     record.write(plan.config, result.curve, result.evals, summary)
+    checkpointer.clear()
     logger.finish(summary, result.curve)
     log.info("run %s %s: %s on %s, seed %d, final loss %.6g, %d steps in %.2fs",
              plan.hash, result.status, plan.optimizer["name"], plan.task["name"], plan.config["seed"],
@@ -95,11 +125,11 @@ def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         plan = make_plan(cfg)
+        log.debug("effective config:\n%s", OmegaConf.to_yaml(plan.config))
+        execute(plan, cfg)
     except ConfigError as error:
         print(f"optbench: {error}", file=sys.stderr)
         sys.exit(2)
-    log.debug("effective config:\n%s", OmegaConf.to_yaml(plan.config))
-    execute(plan, cfg)
 
 
 if __name__ == "__main__":
