@@ -11,6 +11,7 @@ steps per second. Published values come from ``results/reference/`` and are only
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from runners.plan import RunPlan
 from runners.records import Record, atomic_write_csv, atomic_write_text, git_revision, versions
@@ -31,9 +32,11 @@ REFERENCE_DIR = ROOT / "results" / "reference"
 def window_mean(frame: pd.DataFrame, column: str, milestone: float, metric: str = "loss") -> float:
     """Mean of ``metric`` over rows with 0.9 M < x < M (x = ``column``: "eval" or "seconds"), or NaN
     when the run did not get that far. Sparse evaluations with no row inside the window give the
-    last value at or before M."""
+    last value at or before M. Rows without ``metric`` (a metric measured only at some evaluations,
+    e.g. a test loss measured once at the end) are left out."""
     if frame.empty or metric not in frame or frame[column].max() < (milestone - 1 if column == "eval" else milestone):
         return math.nan
+    frame = frame[frame[metric].notna()]
     inside = frame[(frame[column] > 0.9 * milestone) & (frame[column] < milestone)]
     if len(inside):
         return float(inside[metric].mean())
@@ -69,9 +72,15 @@ def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str])
 
 
 def variant_label(combo: list[str]) -> str:
-    """The row's task label: the swept overrides other than optimizer and seed."""
+    """The row's task label: the swept overrides other than task, optimizer and seed."""
     parts = [c.split("=", 1) for c in combo]
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in parts if k not in ("optimizer", "seed"))
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in parts if k not in ("task", "optimizer", "seed"))
+
+
+def optimizer_label(plan: RunPlan, combo: list[str]) -> str:
+    """The optimizer's config name when the sweep chooses it (two configs may share one registered
+    optimizer, e.g. adamhd and adamhd_beta1e-4), else its registered name."""
+    return dict(c.split("=", 1) for c in combo).get("optimizer") or plan.optimizer["name"]
 
 
 def task_label(task: str, variant: str) -> str:
@@ -83,8 +92,8 @@ def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) ->
     eval_metrics = list(cfg.report.get("eval_metrics") or [])
     for plan, combo in zip(plans, combos, strict=True):
         metrics = run_metrics(Record(cfg.results_dir, plan.hash), plan.budget, eval_metrics)
-        rows.append({"task": plan.task["name"], "variant": variant_label(combo), "optimizer": plan.optimizer["name"],
-                     "seed": plan.config["seed"], **metrics})
+        rows.append({"task": plan.task["name"], "variant": variant_label(combo),
+                     "optimizer": optimizer_label(plan, combo), "seed": plan.config["seed"], **metrics})
     runs = pd.DataFrame(rows)
     metric_cols = [c for c in runs.columns if "@" in c or c in
                    ("multiplies", "epm", "train_seconds", "steps_per_second", "optimum")]
@@ -120,7 +129,9 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
     source = (f"{reference['source']} ({'verified' if reference.get('verified') else 'unverified'}; "
               f"results/reference/{cfg.report.reference})") if reference else "no published values available"
     loss_cols = [c for c in frame.columns if "@" in c and not c.endswith(" std")]
-    ref = {(r["task"], r["optimizer"], r["metric"]): r for r in (reference or {}).get("values", [])}
+    # a value's metric is a column ("val_accuracy@steps=2000") or a prefix matching every milestone
+    # ("loss@steps"); a value without a variant matches every variant
+    ref = {(r["task"], r.get("variant"), r["optimizer"], r["metric"]): r for r in (reference or {}).get("values", [])}
     header = ["task", "optimizer", "runs"]
     for col in loss_cols:
         header += [f"{col} (ours)", "paper", "diff"]
@@ -129,13 +140,19 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
              "|" + "---|" * len(header)]
     for row in frame.to_dict("records"):
         task = task_label(row["task"], row["variant"])
-        diverged = f" (diverged {row['diverged']}/{row['runs']})" if row["diverged"] else ""
-        cells = [task, row["optimizer"], f"{row['ok']}/{row['runs']}{diverged}"]
+        diverged = f"diverged ({row['diverged']}/{row['runs']})"
+        cells = [task, row["optimizer"], f"{row['ok']}/{row['runs']}"]
         for col in loss_cols:
             ours = row[col]
-            cells.append("diverged" if row["ok"] == 0 and row["diverged"] else
-                         f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}")
-            paper = ref.get((row["task"], row["optimizer"], col.split("=")[0]))
+            if row["ok"] == 0 and row["diverged"]:
+                cells.append(diverged)
+            else:
+                note = f" ({diverged})" if row["diverged"] else ""
+                cells.append(f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}{note}")
+            paper = next((ref[key] for key in ((row["task"], row["variant"], row["optimizer"], col),
+                                                (row["task"], None, row["optimizer"], col),
+                                                (row["task"], None, row["optimizer"], col.split("=")[0]))
+                          if key in ref), None)
             if paper:
                 cells.append(_fmt(paper["value"]) + (f" ± {_fmt(paper['std'])}" if paper.get("std") else ""))
                 diff = (ours - paper["value"]) / abs(paper["value"]) if paper["value"] else math.nan
@@ -171,13 +188,27 @@ def footer(cfg: DictConfig, plans: list[RunPlan]) -> str:
     ])
 
 
-def write_table(table: int, cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) -> list[Path]:
+def write_table(table: int, cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]],
+                unavailable: dict[str, str] | None = None) -> list[Path]:
+    """``unavailable``: task name -> why its data is missing; its runs are listed as not run, with
+    the message in the notes and in the CSV's ``data_error`` column."""
     out = Path(cfg.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = aggregate(cfg, plans, combos)
+    unavailable = unavailable or {}
+    frame["data_error"] = frame["task"].map(unavailable).fillna("")
+    if unavailable:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.report.notes = [f"NOT RUN, data missing for {name}: {message}"
+                                for name, message in unavailable.items()] + list(cfg.report.get("notes") or [])
     labels = [task_label(plan.task["name"], variant_label(combo))
               for plan, combo in zip(plans, combos, strict=True)]
-    figures = plot_table(table, cfg, plans, labels, out / "figures")
+    figures = plot_table(table, cfg, plans, labels, out / "figures",
+                         [optimizer_label(plan, combo) for plan, combo in zip(plans, combos, strict=True)])
+    if cfg.report.get("plot"):  # a table's own figure, "module:function(table, cfg, plans, combos, out)"
+        module, function = cfg.report.plot.split(":")
+        figures += getattr(importlib.import_module(module), function)(table, cfg, plans, combos, out / "figures")
     reference = load_reference(cfg.report.get("reference"))
     md, csv = out / f"table_{table}.md", out / f"table_{table}.csv"
     atomic_write_text(md, to_markdown(table, cfg, frame, reference, plans, figures))
