@@ -8,7 +8,7 @@ scale  ?= quick
 jobs   ?= 2
 ARGS   ?=
 
-.PHONY: setup test bench lint clean reproduce-all $(addprefix reproduce-table-,$(TABLES))
+.PHONY: setup test bench report lint clean reproduce-all $(addprefix reproduce-table-,$(TABLES))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ reproduce-all: setup
 
 bench: setup
 	$(PY) -m scripts.bench
+
+report: setup
+	$(PY) -m scripts.report
 
 lint: setup
 	$(PY) -m ruff check .
