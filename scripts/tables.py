@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from omegaconf import DictConfig, open_dict
@@ -44,9 +45,33 @@ def window_mean(frame: pd.DataFrame, column: str, milestone: float, metric: str 
     return float(before[metric].iloc[-1]) if len(before) else math.nan
 
 
-def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str]) -> dict[str, Any]:
+def at_step(curve: pd.DataFrame, column: str, milestone: float) -> float:
+    """The loss at the start of the last step whose ``column`` ("step" or cumulative "multiplies")
+    is at most M (the first evaluation of each step: the iterate's own loss), or NaN when the run
+    stopped before M. The thesis's figures read MSE(it) at it iterations and at it's cumulative
+    multiplies this way."""
+    if curve.empty or curve[column].max() < milestone:
+        return math.nan
+    first = curve.groupby("step", sort=True).first()
+    first = first.assign(step=first.index)
+    before = first[first[column] <= milestone]
+    return float(before["loss"].iloc[-1]) if len(before) else math.nan
+
+
+def best_by(evals: pd.DataFrame, select_by: str, metrics: list[str]) -> dict[str, float]:
+    """Early stopping: each of ``metrics`` (and the step) at the evaluation with the lowest
+    ``select_by`` (the first such), as ``<metric>@min_<select_by>``."""
+    if evals.empty or select_by not in evals or evals[select_by].isna().all():
+        return {}
+    best = evals.loc[evals[select_by].idxmin()]
+    return {f"{m}@min_{select_by}": float(best[m]) for m in ["step", *metrics] if m in best}
+
+
+def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str],
+                select_by: str | None = None) -> dict[str, Any]:
     """One run's cells: the loss (and each of ``eval_metrics``) at every milestone, multiplies, EPM
-    and timing."""
+    and timing. Milestones ``iterations`` and ``multiplies`` give the loss at exactly that many steps
+    or multiplies (``at_step``); ``select_by`` adds the metrics at the best evaluation (``best_by``)."""
     summary = record.summary() or {"status": "missing"}
     row: dict[str, Any] = {"status": summary["status"]}
     if summary["status"] not in ("ok", "diverged"):
@@ -58,6 +83,11 @@ def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str])
             row[f"loss@{label}={m:g}"] = window_mean(curve, column, m)
             for metric in eval_metrics:
                 row[f"{metric}@{label}={m:g}"] = window_mean(evals, column, m, metric)
+    for column, label in (("step", "iterations"), ("multiplies", "multiplies")):
+        for m in milestones.get(label) or []:
+            row[f"loss@{label}={m:g}"] = at_step(curve, column, m)
+    if select_by:
+        row.update(best_by(evals, select_by, eval_metrics))
     first_step = (milestones.get("steps") or [budget["steps"]])[0]
     reached = curve[curve["eval"] <= first_step]
     if len(reached):
@@ -71,16 +101,29 @@ def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str])
     return row
 
 
-def variant_label(combo: list[str]) -> str:
-    """The row's task label: the swept overrides other than task, optimizer and seed."""
+def variant_label(combo: list[str], average_over: Any = ()) -> str:
+    """The row's task label: the swept overrides other than task, optimizer, seed and the keys a
+    table averages over like seeds (``report.average_over``, e.g. the fold of a k-fold protocol)."""
     parts = [c.split("=", 1) for c in combo]
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in parts if k not in ("task", "optimizer", "seed"))
+    skip = {"task", "optimizer", "seed", *average_over}
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in parts if k not in skip)
 
 
 def optimizer_label(plan: RunPlan, combo: list[str]) -> str:
     """The optimizer's config name when the sweep chooses it (two configs may share one registered
     optimizer, e.g. adamhd and adamhd_beta1e-4), else its registered name."""
     return dict(c.split("=", 1) for c in combo).get("optimizer") or plan.optimizer["name"]
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over seeds (fixed resampling seed: tables are
+    reproducible); NaN for no values, the value itself for one."""
+    if len(values) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def task_label(task: str, variant: str) -> str:
@@ -91,8 +134,9 @@ def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) ->
     rows = []
     eval_metrics = list(cfg.report.get("eval_metrics") or [])
     for plan, combo in zip(plans, combos, strict=True):
-        metrics = run_metrics(Record(cfg.results_dir, plan.hash), plan.budget, eval_metrics)
-        rows.append({"task": plan.task["name"], "variant": variant_label(combo),
+        metrics = run_metrics(Record(cfg.results_dir, plan.hash), plan.budget, eval_metrics,
+                              cfg.report.get("select_by"))
+        rows.append({"task": plan.task["name"], "variant": variant_label(combo, cfg.report.get("average_over") or ()),
                      "optimizer": optimizer_label(plan, combo), "seed": plan.config["seed"], **metrics})
     runs = pd.DataFrame(rows)
     metric_cols = [c for c in runs.columns if "@" in c or c in
@@ -109,6 +153,7 @@ def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) ->
             cell[col] = float(values.mean()) if len(values) else math.nan
             if "@" in col:
                 cell[f"{col} std"] = float(values.std(ddof=0)) if len(values) else math.nan
+                cell[f"{col} ci_low"], cell[f"{col} ci_high"] = bootstrap_ci(values.to_numpy())
         out.append(cell)
     return pd.DataFrame(out)
 
@@ -128,7 +173,7 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
                 plans: list[RunPlan], figures: list[Path]) -> str:
     source = (f"{reference['source']} ({'verified' if reference.get('verified') else 'unverified'}; "
               f"results/reference/{cfg.report.reference})") if reference else "no published values available"
-    loss_cols = [c for c in frame.columns if "@" in c and not c.endswith(" std")]
+    loss_cols = [c for c in frame.columns if "@" in c and " " not in c]
     # a value's metric is a column ("val_accuracy@steps=2000") or a prefix matching every milestone
     # ("loss@steps"); a value without a variant matches every variant
     ref = {(r["task"], r.get("variant"), r["optimizer"], r["metric"]): r for r in (reference or {}).get("values", [])}
@@ -148,13 +193,15 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
                 cells.append(diverged)
             else:
                 note = f" ({diverged})" if row["diverged"] else ""
-                cells.append(f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}{note}")
+                ci = f" [{_fmt(row[col + ' ci_low'])}, {_fmt(row[col + ' ci_high'])}]" if row["ok"] > 1 else ""
+                cells.append(f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}{ci}{note}")
             paper = next((ref[key] for key in ((row["task"], row["variant"], row["optimizer"], col),
                                                 (row["task"], None, row["optimizer"], col),
                                                 (row["task"], None, row["optimizer"], col.split("=")[0]))
                           if key in ref), None)
             if paper:
-                cells.append(_fmt(paper["value"]) + (f" ± {_fmt(paper['std'])}" if paper.get("std") else ""))
+                cells.append(("≈" if paper.get("approx") else "") + _fmt(paper["value"])
+                             + (f" ± {_fmt(paper['std'])}" if paper.get("std") else ""))
                 diff = (ours - paper["value"]) / abs(paper["value"]) if paper["value"] else math.nan
                 cells.append("–" if math.isnan(diff) else f"{diff:+.1%}")
             else:
@@ -165,7 +212,8 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
             cells.append(_fmt(row.get("optimum")))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Notes:"] + [f"- {note}" for note in cfg.report.get("notes") or []]
-    lines += ["- Cells: mean ± population std over the seeds that did not diverge; 'diff' is relative to the paper.",
+    lines += ["- Cells: mean ± population std [95% bootstrap interval of the mean] over the seeds that did not "
+              "diverge ('runs' gives their count); 'diff' is relative to the paper.",
               f"- paper: {source}", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     lines += ["", footer(cfg, plans)]
@@ -202,7 +250,7 @@ def write_table(table: int, cfg: DictConfig, plans: list[RunPlan], combos: list[
         with open_dict(cfg):
             cfg.report.notes = [f"NOT RUN, data missing for {name}: {message}"
                                 for name, message in unavailable.items()] + list(cfg.report.get("notes") or [])
-    labels = [task_label(plan.task["name"], variant_label(combo))
+    labels = [task_label(plan.task["name"], variant_label(combo, cfg.report.get("average_over") or ()))
               for plan, combo in zip(plans, combos, strict=True)]
     figures = plot_table(table, cfg, plans, labels, out / "figures",
                          [optimizer_label(plan, combo) for plan, combo in zip(plans, combos, strict=True)])
