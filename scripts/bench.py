@@ -1,5 +1,6 @@
 """``make bench``: the suite's speed figures, measured side by side in one process, written to
-``results/bench/summary.md`` and ``results/bench/bench.json``.
+``results/bench/summary.md`` and ``results/bench/bench.json``, with the machine description.
+Each ``scripts/bench_<area>.py`` contributes a ``run() -> (figures, markdown lines)``.
 
 - runner overhead: the runner's step time against a minimal hand-written loop
   (``zero_grad; loss = task.loss(task.sample_batch()); loss.backward(); opt.step()``) on the noisy
@@ -12,7 +13,9 @@ Timings are medians over interleaved repeats, so a burst of background load hits
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -90,21 +93,13 @@ def project_table3_paper(rates: dict, jobs: int = 2) -> dict:
             "wall_hours": total / jobs / 3600}
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    figures = {"machine": {"processor": platform.processor() or platform.machine(),
-                           "cpus": torch.get_num_threads(), "versions": versions()}}
-    figures["runner_overhead"] = runner_overhead()
-    figures["table3_steps_per_second"] = table3_rates()
+def suite_figures() -> tuple[dict, list[str]]:
+    """This module's own figures: runner overhead and the table-3 step rates."""
+    figures = {"runner_overhead": runner_overhead(), "table3_steps_per_second": table3_rates()}
     figures["table3_paper_projection"] = project_table3_paper(figures["table3_steps_per_second"])
-    OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OUT / "bench.json", json.dumps(figures, indent=2))
-    ro = figures["runner_overhead"]
-    proj = figures["table3_paper_projection"]
+    ro, proj = figures["runner_overhead"], figures["table3_paper_projection"]
     lines = [
-        "# optbench benchmarks", "",
-        f"Machine: {figures['machine']['processor']}, torch threads 1, versions {figures['machine']['versions']}.",
-        "", "## Runner overhead (noisy quadratic, Adam, float64, n = 100)", "",
+        "## Runner overhead (noisy quadratic, Adam, float64, n = 100)", "",
         "| minimal loop (us/step) | runner (us/step) | overhead | target |", "|---|---|---|---|",
         f"| {ro['minimal_step_us']:.1f} | {ro['runner_step_us']:.1f} | {ro['overhead_ratio']:+.1%} | <= +10% "
         f"{'met' if ro['overhead_ratio'] <= 0.10 else 'NOT met'} |",
@@ -112,11 +107,36 @@ def main() -> None:
         "| optimizer | steps/s | projected seconds per paper run |", "|---|---|---|",
         *[f"| {k} | {v:,.0f} | {proj['seconds_per_run'][k]:.0f} |"
           for k, v in figures["table3_steps_per_second"].items()],
-        "", f"`make reproduce-table-3 scale=paper` (9 optimizers x 8 seeds, each run until both 100k steps "
-        f"and 300 s): {proj['total_cpu_seconds'] / 3600:.1f} CPU hours, about {proj['wall_hours']:.1f} h "
-        f"wall time with {proj['jobs']} jobs on this machine.", "",
+        "", f"`make reproduce-table-3 scale=paper` ({len(proj['seconds_per_run'])} optimizers x 8 seeds, each run "
+        f"until both 100k steps and 300 s): {proj['total_cpu_seconds'] / 3600:.1f} CPU hours, about "
+        f"{proj['wall_hours']:.1f} h wall time with {proj['jobs']} jobs on this machine.", "",
     ]
-    atomic_write_text(OUT / "summary.md", "\n".join(lines))
+    return figures, lines
+
+
+def benchmarks() -> dict:
+    """Every benchmark of the suite: this module's, then each ``scripts/bench_<area>.py``'s ``run()``,
+    which returns (figures, markdown lines)."""
+    found = {"suite": suite_figures}
+    for path in sorted(Path(__file__).parent.glob("bench_*.py")):
+        module = importlib.import_module(f"scripts.{path.stem}")
+        found[path.stem.removeprefix("bench_")] = module.run
+    return found
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    machine = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "versions": versions()}
+    figures, lines = {"machine": machine}, ["# optbench benchmarks", "",
+                                            f"Machine: {machine}. Every figure below was measured in this one run.", ""]
+    for name, bench in benchmarks().items():
+        print(f"bench: {name}", flush=True)
+        figures[name], markdown = bench()
+        lines += markdown
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(OUT / "bench.json", json.dumps(figures, indent=2, default=str))
+    atomic_write_text(OUT / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
