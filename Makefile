@@ -8,7 +8,7 @@ scale  ?= quick
 jobs   ?= 2
 ARGS   ?=
 
-.PHONY: setup test bench report lint clean reproduce-all $(addprefix reproduce-table-,$(TABLES))
+.PHONY: setup test bench report tune lint clean reproduce-all $(addprefix reproduce-table-,$(TABLES))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ reproduce-table-%: setup
 
 reproduce-all: setup
 	@for n in $(TABLES); do $(MAKE) --no-print-directory reproduce-table-$$n || exit 1; done
+
+# make tune TABLE=4 OPTIMIZER=adam [scale=quick]: LODO's genetic tuner -> configs/tuned/table_4_quick.yaml
+tune: setup
+	$(PY) -m scripts.tune $(TABLE) $(OPTIMIZER) scale=$(scale) --jobs $(jobs) $(ARGS)
 
 bench: setup
 	$(PY) -m scripts.bench

@@ -47,6 +47,11 @@ class Closure:
         self.losses.append(loss.item())
         return loss
 
+    def record(self, loss: torch.Tensor | float) -> None:
+        """Log a loss the optimizer computed itself on this batch at the current parameters, in
+        place of calling the closure (structure-aware trainers get it as a by-product)."""
+        self.losses.append(float(loss))
+
     def hessian(self) -> torch.Tensor:
         """Dense Hessian of this batch's loss at the current parameters (flattened in order).
         Reverse-over-reverse: on CPU it is about 3x faster than ``torch.func.hessian``'s
@@ -74,13 +79,20 @@ class Progress:
     step_times: list[float] = field(default_factory=list)  # training seconds after each step
     evals: list[dict[str, float]] = field(default_factory=list)
     measured: list[int] = field(default_factory=list)  # multiplies counted in the warm-up steps
+    declared: list[int] = field(default_factory=lambda: [0])  # cumulative optimizer-declared multiplies
+    infos: list[dict[str, float]] = field(default_factory=list)  # optimizer's last_step_info per step
     train_seconds: float = 0.0
     warmup_seconds: float = 0.0
 
 
-def cumulative_multiplies(n_steps: torch.Tensor, measured: list[int], analytic: int | None) -> torch.Tensor:
+def cumulative_multiplies(n_steps: torch.Tensor, measured: list[int], analytic: int | None,
+                          declared: list[int] | None = None) -> torch.Tensor:
     """Multiplies after each entry of ``n_steps``: the counts measured during warm-up, then the last
-    measured count (or the optimizer's declared analytic count) for every further step."""
+    measured count (or the optimizer's declared analytic count) for every further step. ``declared``
+    (the cumulative per-step counts an optimizer reported through ``last_step_multiplies``, with a
+    leading 0) takes precedence when it covers every step."""
+    if declared is not None and n_steps.numel() and len(declared) > int(n_steps.max()):
+        return torch.tensor(declared, dtype=torch.int64)[n_steps]
     if analytic is not None:
         return n_steps.to(torch.int64) * analytic
     if not measured:
@@ -102,14 +114,18 @@ def train(
     checkpointer: Checkpointer | None = None,
 ) -> RunResult:
     """Run ``optimizer`` on ``task`` until both the step and the seconds budget are spent, or the
-    loss stops being finite. ``multiplies_per_step`` replaces the measured count when an optimizer
-    declares an analytic one. With a ``checkpointer``, the run resumes from its last checkpoint and
-    saves new ones when they are due."""
+    loss stops being finite, or the cumulative multiplies reach ``budget["multiplies"]`` (a cap,
+    when given). ``multiplies_per_step`` replaces the measured count when an optimizer declares an
+    analytic one; an optimizer whose count varies per step sets ``last_step_multiplies`` after each
+    step, which takes precedence, and may set ``last_step_info`` (a dict of numbers: curve columns).
+    With a ``checkpointer``, the run resumes from its last checkpoint and saves new ones when they
+    are due."""
     device = task.device
     steps_budget = int(budget["steps"])
     seconds_budget = float(budget.get("seconds") or 0.0)
     eval_every = int(budget.get("eval_every") or 0)
     warmup = min(int(budget.get("warmup_steps", 2)), steps_budget)
+    multiplies_cap = float(budget.get("multiplies") or math.inf)
 
     closure = Closure(task, optimizer, clip_grad_norm)
     saved = checkpointer.load() if checkpointer else None
@@ -122,8 +138,13 @@ def train(
         state = Progress()
     closure.losses = state.losses
     status = "ok"
+    task.optimizer = optimizer  # for metrics that read the optimizer (LODO's Hessian-approximation error)
+    if hasattr(optimizer, "set_budget"):  # schedules over the run's budget (LARS's (1 - p)^2 decay)
+        optimizer.set_budget(steps_budget, seconds_budget, lambda: state.train_seconds)
 
     def multiplies(n_steps: int) -> int:
+        if len(state.declared) > n_steps:
+            return state.declared[n_steps]
         return int(cumulative_multiplies(torch.tensor([n_steps]), state.measured, multiplies_per_step)[0])
 
     def evaluate() -> None:
@@ -139,7 +160,8 @@ def train(
                desc="train")
     bar_every = max(1, steps_budget // 100)
     cuda = device.type == "cuda"
-    while state.step < steps_budget or state.train_seconds < seconds_budget:
+    while ((state.step < steps_budget or state.train_seconds < seconds_budget)
+           and (multiplies_cap == math.inf or multiplies(state.step) < multiplies_cap)):
         if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -156,6 +178,12 @@ def train(
             state.warmup_seconds += time.perf_counter() - start
         else:
             state.train_seconds += time.perf_counter() - start
+        declared = getattr(optimizer, "last_step_multiplies", None)
+        if declared is not None:
+            state.declared.append(state.declared[-1] + int(declared))
+        info = getattr(optimizer, "last_step_info", None)
+        if info is not None:
+            state.infos.append(dict(info))
         state.step += 1
         state.step_ends.append(len(state.losses))
         state.step_times.append(state.train_seconds)
@@ -172,22 +200,33 @@ def train(
     bar.close()
     if eval_every and status == "ok" and state.step % eval_every:
         evaluate()
+    final = getattr(task, "final_metrics", None)  # costly metrics measured once, at the end (a test set)
+    if final is not None and status == "ok":
+        if not state.evals or state.evals[-1]["step"] != state.step:
+            evaluate()
+        state.evals[-1].update(final())
     return RunResult(status=status, curve=_curve(state, multiplies_per_step), evals=pd.DataFrame(state.evals),
                      stats=_stats(state, warmup, multiplies))
 
 
 def _curve(state: Progress, analytic: int | None) -> pd.DataFrame:
-    """One row per loss evaluation, with the time and multiplies at the end of its step."""
+    """One row per loss evaluation, with the time and multiplies at the end of its step (and the
+    optimizer's per-step info, when it reported one for every step)."""
     counts = torch.diff(torch.tensor(state.step_ends, dtype=torch.int64), prepend=torch.tensor([0]))
     step_index = torch.repeat_interleave(torch.arange(1, state.step + 1), counts)
-    step_multiplies = cumulative_multiplies(torch.arange(1, state.step + 1), state.measured, analytic)
-    return pd.DataFrame({
+    step_multiplies = cumulative_multiplies(torch.arange(1, state.step + 1), state.measured, analytic,
+                                            state.declared if len(state.declared) > 1 else None)
+    curve = pd.DataFrame({
         "eval": torch.arange(1, len(state.losses) + 1).numpy(),
         "step": step_index.numpy(),
         "seconds": torch.tensor(state.step_times, dtype=torch.float64)[step_index - 1].numpy(),
         "multiplies": step_multiplies[step_index - 1].numpy(),
         "loss": state.losses,
     })
+    if state.infos and len(state.infos) == state.step:
+        info = pd.DataFrame(state.infos)
+        curve = curve.join(info.iloc[step_index.numpy() - 1].reset_index(drop=True).add_prefix("opt_"))
+    return curve
 
 
 def _stats(state: Progress, warmup: int, multiplies) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import tasks
 from optimizers.registry import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-BUDGET_KEYS = {"steps", "seconds", "eval_every", "warmup_steps", "milestones"}
+# multiplies: a cap on cumulative multiplies; save_params: write the final parameters (params.pt) into the record
+BUDGET_KEYS = {"steps", "seconds", "eval_every", "warmup_steps", "milestones", "multiplies", "save_params"}
 
 
 def derive_seed(*parts: Any) -> int:
@@ -81,6 +82,8 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     if scale not in budgets:
         raise ConfigError(f"task {task_cls.name!r} has no budget for scale {scale!r}; has: {', '.join(budgets)}")
     budget = dict(budgets[scale])
+    # a table may change the budget of one optimizer at one scale (``budgets: {name: {scale: {...}}}``)
+    budget.update(((_plain(cfg.get("budgets")) or {}).get(spec.name) or {}).get(scale) or {})
     unknown = set(budget) - BUDGET_KEYS
     if unknown or not budget.get("steps", 0) >= 1:
         raise ConfigError(f"task {task_cls.name!r} budget for scale {scale!r} is invalid: {budget} "

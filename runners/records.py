@@ -102,6 +102,17 @@ class Record:
     def evals(self) -> pd.DataFrame:
         return pd.read_csv(self.dir / "evals.csv")
 
+    def write_params(self, state: dict) -> None:
+        """The task's final state (``task.state_dict()``) as ``params.pt``, written atomically."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".params.pt.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.dir / "params.pt")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
     def write(self, config: dict, curve: pd.DataFrame, evals: pd.DataFrame, summary: dict) -> None:
         atomic_write_text(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
         atomic_write_csv(self.dir / "curve.csv", curve)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import sys
 import traceback
@@ -78,6 +79,7 @@ def _run(plan: RunPlan, cfg: DictConfig, record: Record) -> dict[str, Any]:
     task = tasks.get(plan.task["name"])(seed=plan.config["task_seed"], device=device, dtype=plan.dtype,
                                         data_dir=Path(cfg.data_dir), **plan.task["options"])
     torch.manual_seed(plan.config["optimizer_seed"])
+    os.environ["OPTBENCH_CACHE_DIR"] = str(Path(cfg.results_dir, "cache").resolve())  # builders' artefacts (L2L)
     spec = optimizers.get(plan.optimizer["name"])
     optimizer = spec.build(task.parameters(), **plan.optimizer["hparams"])
     analytic = spec.multiplies_per_step(task) if spec.multiplies_per_step else None
@@ -112,6 +114,8 @@ def _run(plan: RunPlan, cfg: DictConfig, record: Record) -> dict[str, Any]:
         return summary
     summary.update(status=result.status, **result.stats,
                    finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    if plan.budget.get("save_params"):  # before the summary, which marks the record finished
+        record.write_params(task.state_dict())
     record.write(plan.config, result.curve, result.evals, summary)
     checkpointer.clear()
     logger.finish(summary, result.curve)
@@ -121,8 +125,20 @@ def _run(plan: RunPlan, cfg: DictConfig, record: Record) -> dict[str, Any]:
     return summary
 
 
+def final_window_loss(record: Record) -> float:
+    """The run's score for tuners: the mean training loss over the last 10% of its curve (entries
+    floor(0.9 n) onward, LODO Appendix E); +inf when the run diverged, failed or is missing."""
+    summary = record.summary() or {}
+    if summary.get("status") != "ok":
+        return math.inf
+    losses = record.curve()["loss"]
+    score = float(losses.iloc[int(0.9 * len(losses)):].mean()) if len(losses) else math.nan
+    return score if math.isfinite(score) else math.inf
+
+
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """One run; returns its final-window loss so that a Hydra sweeper (Optuna) can minimise it."""
     try:
         plan = make_plan(cfg)
         log.debug("effective config:\n%s", OmegaConf.to_yaml(plan.config))
@@ -130,6 +146,7 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:
         print(f"optbench: {error}", file=sys.stderr)
         sys.exit(2)
+    return final_window_loss(Record(cfg.results_dir, plan.hash))
 
 
 if __name__ == "__main__":

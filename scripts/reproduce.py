@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def compose_table(table: int, overrides: list[str]) -> DictConfig:
 
 def sweep_axes(cfg: DictConfig) -> dict[str, list]:
     """The table's sweep axes plus the scale's seeds."""
-    return {**OmegaConf.to_container(cfg.report.sweep), "seed": list(range(int(cfg.scale.seeds)))}
+    return {**OmegaConf.to_container(cfg.report.sweep, resolve=True), "seed": list(range(int(cfg.scale.seeds)))}
 
 
 def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
@@ -60,9 +61,36 @@ def plan_table(table: int, overrides: list[str]) -> tuple[DictConfig, list[tuple
     return cfg, runs
 
 
-def launch(table: int, overrides: list[str], cfg: DictConfig, jobs: int) -> int:
-    """One Hydra multirun over the table's sweep; each job skips its finished record."""
-    sweep = [f"{k}={','.join(str(v) for v in values)}" for k, values in sweep_axes(cfg).items()]
+def unavailable_data(cfg: DictConfig, plans: list[RunPlan]) -> dict[str, str]:
+    """Task name -> the DataError message, for the tasks of ``plans`` whose data set is missing here
+    and cannot be downloaded. Each distinct task is built once on the CPU to find out."""
+    import torch
+
+    import tasks
+    from tasks.data import DataError
+
+    missing: dict[str, str] = {}
+    seen: set[str] = set()
+    for plan in plans:
+        key = json.dumps(plan.task, sort_keys=True)
+        if key in seen or plan.task["name"] in missing:
+            continue
+        seen.add(key)
+        try:
+            tasks.get(plan.task["name"])(seed=0, device=torch.device("cpu"), dtype=plan.dtype,
+                                         data_dir=Path(cfg.data_dir), **plan.task["options"])
+        except DataError as error:
+            missing[plan.task["name"]] = str(error)
+    return missing
+
+
+def launch(table: int, overrides: list[str], cfg: DictConfig, jobs: int, skip_tasks: tuple[str, ...] = ()) -> int:
+    """One Hydra multirun over the table's sweep (less the tasks in ``skip_tasks``, when the sweep
+    has a task axis); each job skips its finished record."""
+    axes = sweep_axes(cfg)
+    if "task" in axes:
+        axes["task"] = [name for name in axes["task"] if name not in skip_tasks]
+    sweep = [f"{k}={','.join(str(v) for v in values)}" for k, values in axes.items()]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     launcher = ["hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     command = [sys.executable, "-m", "runners.run", "-m", f"+experiment=table_{table}", *overrides, *sweep,
@@ -87,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     missing = [plan for _, plan in runs if not Record(cfg.results_dir, plan.hash).finished()]
     print(f"table {args.table} at scale={cfg.scale.name}: {len(runs)} runs, {len(missing)} to run", flush=True)
-    if missing:
-        code = launch(args.table, args.overrides, cfg, args.jobs)
+    no_data = unavailable_data(cfg, missing) if missing else {}
+    for name, message in no_data.items():
+        print(f"optbench: task {name} is not run, its data is missing: {message}", file=sys.stderr)
+    runnable = [plan for plan in missing if plan.task["name"] not in no_data]
+    if runnable and (not no_data or "task" in sweep_axes(cfg)):
+        code = launch(args.table, args.overrides, cfg, args.jobs, tuple(no_data))
         if code != 0:
             print(f"optbench: the sweep exited with {code}; writing the table from the finished runs",
                   file=sys.stderr)
-    paths = write_table(args.table, cfg, [plan for _, plan in runs], [combo for combo, _ in runs])
+    paths = write_table(args.table, cfg, [plan for _, plan in runs], [combo for combo, _ in runs], no_data)
     for path in paths:
         print("wrote", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     return 0

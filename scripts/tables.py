@@ -76,7 +76,12 @@ def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str],
     row: dict[str, Any] = {"status": summary["status"]}
     if summary["status"] not in ("ok", "diverged"):
         return row
-    curve, evals = record.curve(), (record.evals() if eval_metrics else pd.DataFrame())
+    curve, evals = record.curve(), pd.DataFrame()
+    if eval_metrics:
+        try:
+            evals = record.evals()
+        except pd.errors.EmptyDataError:  # a task run with eval_every 0 records no evaluations
+            pass
     milestones = budget.get("milestones") or {"steps": [budget["steps"]]}
     for column, label in (("eval", "steps"), ("seconds", "seconds")):
         for m in milestones.get(label) or []:

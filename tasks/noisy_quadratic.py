@@ -45,6 +45,8 @@ class NoisyQuadratic(VectorTask):
         u, _ = torch.linalg.qr(gaussian)
         self.hessian = (u * self.eigenvalues) @ u.T
         self.center = torch.zeros(dim, dtype=dtype, device=device)
+        # the metric's probe vectors come from their own stream, so evaluating never changes the batches
+        self._probe_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
     def sample_batch(self) -> torch.Tensor:
         """One random-walk step of the minimum; the batch is the new centre."""
@@ -55,6 +57,18 @@ class NoisyQuadratic(VectorTask):
     def flat_loss(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         d = x - batch
         return 0.5 * d @ (self.hessian @ d)
+
+    def evaluate(self) -> dict[str, float]:
+        """With an optimizer that offers ``preconditioner_matvec`` (LODO and its ablations), the
+        Hessian-approximation error of papers/lodo.md §1.6: sqrt(mean ||v - G H v||^2) over 100 random
+        unit vectors v (an estimate of ||I - G H||_F / sqrt(n)), with the exact, noise-free H."""
+        matvec = getattr(getattr(self, "optimizer", None), "preconditioner_matvec", None)
+        if matvec is None:
+            return {}
+        probes = torch.randn(len(self.x), 100, generator=self._probe_generator, dtype=self.dtype, device=self.device)
+        probes /= probes.norm(dim=0, keepdim=True)
+        residual = probes - matvec(self.hessian @ probes).to(self.dtype)
+        return {"hessian_error": float(residual.square().sum(0).mean().sqrt())}
 
     def facts(self) -> dict[str, float]:
         return {"optimum": self.noise_std**2 * float(self.eigenvalues.sum()) / 2.0}

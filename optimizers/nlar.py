@@ -1,0 +1,246 @@
+"""Nlarsm and Nlarcm (Okhrati 2024, arXiv 2410.09943): per-element learning rates estimated by a
+ridge-regularised least-squares regression of the parameter increments on the gradients, with the
+dynamic momentum rho_t. The paper body is not available; both optimizers follow the official
+TF/Keras code (github.com/raminokhrati/Nlar, ``src/nlar_optimizers.py``) as run in the experiments
+(papers/nlar_soaa.md §A.1), element-wise and with one step counter t shared by all tensors:
+
+    rho_t = rho / (1 + |ler|) * m_t / (|vel| + m_t [+ sigma])        dynamic momentum
+    dtheta = rho_t vel - ler g + s_t u ;  theta += dtheta ;  vel = rho_t vel - ler g
+    S_gg += w g^2 ;  S_gd += w g dtheta ;  ler = (k0 lr - S_gd) / (k0 + S_gg)
+
+with u a noise vector drawn once from U(-sqrt 3, sqrt 3) and never re-sampled, and
+
+- Nlarsm (class ``Nlars``): m_t = 1/t, s_t = sigma, w = 1, gradients with 0 < |g| <= lower_clip raised to
+  sign(g) lower_clip, "+ sigma" in the momentum denominator;
+- Nlarcm (class ``Nlarc``): sigma_t = min(sigma, |g|) (sigma where g = 0), m_t = (sigma_t/sigma)^2 / t,
+  s_t = sigma_t, w = sigma_t^-2.
+
+The gradient is the globally norm-clipped one (Keras ``global_clipnorm=1``): set the runner's
+``clip_grad_norm: 1.0``. Where we deliberately differ from the code, and why:
+
+- dtheta is computed from the formula, not as theta_new - theta_old: the two agree to rounding in
+  float64 (the paper's precision), and in float32 the difference would lose steps below theta's ulp.
+- The optimizer keeps the running numerator k0 lr - S_gd and denominator k0 + S_gg (``ler_num``,
+  ``ler_den``) instead of S_gd, S_gg and ler; ler = ler_num / ler_den is the same number.
+- The code's learning-rate-schedule hook (ler multiplied by the current lr when it falls below the
+  initial one) is inactive in every paper experiment (constant lr) and is not reproduced.
+- Nlarcm's literal weights sigma_t^-2 = 1e60 overflow float32; the code then caps them and loses the
+  momentum. ``rescaled=True`` multiplies numerator and denominator by sigma^2 (§A.1 point 4):
+  w = (sigma/sigma_t)^2, prior k0 sigma^2. It equals the literal form to rounding in float64 and is
+  float32-safe; where k0 sigma^2 underflows (float32) an element that never saw a gradient keeps
+  ler = lr, its exact float64 value.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from optimizers.registry import NON_NEGATIVE, POSITIVE, OptimizerSpec, Range, register
+
+SQRT3 = math.sqrt(3.0)
+
+
+def _check(name: str, value: float, ok: bool, valid: str) -> None:
+    if not ok:
+        raise ValueError(f"Invalid {name}: {value} (must be {valid})")
+
+
+class _Nlar(torch.optim.Optimizer):
+    """Shared state and update; subclasses supply the gradient pre-processing and the per-element
+    (m_t, noise scale, regression weight) of their variant."""
+
+    def __init__(self, params, lr: float, momentum: float, k0: float, sigma: float, **extra) -> None:
+        _check("lr", lr, lr > 0.0, "> 0")
+        _check("momentum", momentum, momentum >= 0.0, ">= 0 (0 = no momentum, i.e. Nlars/Nlarc)")
+        _check("k0", k0, k0 > 0.0, "> 0")
+        _check("sigma", sigma, sigma > 0.0, "> 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, k0=k0, sigma=sigma, **extra))
+        for group in self.param_groups:  # Keras builds the state (and draws the noise) up front
+            for p in group["params"]:
+                self._init_state(p, group)
+
+    def _prior(self, group: dict) -> float:
+        return group["k0"]
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        prior = self._prior(group)
+        self.state[p] = {
+            "step": 0,
+            "ler_num": torch.full_like(p, prior * group["lr"], memory_format=torch.preserve_format),
+            "ler_den": torch.full_like(p, prior, memory_format=torch.preserve_format),
+            "vel": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "noise": torch.empty_like(p, memory_format=torch.preserve_format).uniform_(-SQRT3, SQRT3),
+        }
+
+    def learning_rates(self) -> list[torch.Tensor]:
+        """The per-element learning rate ler = ler_num / ler_den each tensor uses at its next step."""
+        out = []
+        for group in self.param_groups:
+            params = group["params"]
+            out += self._ler(params, [self.state[p] for p in params], group)
+        return out
+
+    def _ler(self, params, states, group) -> list[torch.Tensor]:
+        ler = torch._foreach_div([s["ler_num"] for s in states], [s["ler_den"] for s in states])
+        if float(torch.tensor(self._prior(group), dtype=params[0].dtype)) == 0.0:
+            for value, state in zip(ler, states, strict=True):  # k0 sigma^2 underflowed: never-seen -> lr
+                value.masked_fill_(state["ler_den"] == 0, group["lr"])
+        return ler
+
+    # --- variant hooks ---------------------------------------------------------------------------
+    def _grads(self, grads: list[torch.Tensor], group: dict) -> list[torch.Tensor]:
+        return grads
+
+    def _terms(self, grads, group, t):
+        """(m_t, the m_t term of the momentum denominator, noise scale, regression weight), each a
+        float or a list of tensors (weight None means 1), and an optional hook on the denominator."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for state in states:
+                state["step"] += 1
+            t = states[0]["step"]
+            grads = self._grads([p.grad for p in params], group)
+            vel = [s["vel"] for s in states]
+            ler = self._ler(params, states, group)
+            m_t, m_den, noise_scale, weight, hook = self._terms(grads, group, t)
+
+            if group["momentum"] > 0:
+                # rho_t = rho m_t / ((1 + |ler|) (|vel| + m_t + extra)); vel <- rho_t vel
+                d = torch._foreach_abs(vel)
+                torch._foreach_add_(d, m_den)
+                if hook is not None:
+                    hook(d)
+                torch._foreach_addcmul_(d, torch._foreach_abs(ler), d)  # (1 + |ler|) d
+                torch._foreach_div_(vel, d)
+                if isinstance(m_t, float):
+                    torch._foreach_mul_(vel, group["momentum"] * m_t)
+                else:
+                    torch._foreach_mul_(vel, m_t)
+                    if group["momentum"] != 1.0:
+                        torch._foreach_mul_(vel, group["momentum"])
+            else:
+                torch._foreach_zero_(vel)
+            torch._foreach_addcmul_(vel, ler, grads, value=-1.0)  # vel = rho_t vel - ler g
+            if isinstance(noise_scale, float):
+                delta = torch._foreach_add(vel, [s["noise"] for s in states], alpha=noise_scale)
+            else:
+                delta = torch._foreach_addcmul(vel, noise_scale, [s["noise"] for s in states])
+            torch._foreach_add_(params, delta)
+            weighted = grads if weight is None else torch._foreach_mul(grads, weight)  # weight: float or list
+            torch._foreach_addcmul_([s["ler_den"] for s in states], weighted, grads)
+            torch._foreach_addcmul_([s["ler_num"] for s in states], weighted, delta, value=-1.0)
+        return loss
+
+
+class Nlars(_Nlar):
+    """Nlarsm (Okhrati 2024, arXiv 2410.09943; official code class ``Nlars``): Nlar learning rates
+    with a constant noise scale sigma and the dynamic momentum; momentum=0 gives Nlars. Defaults are
+    the experiments' settings (k0 = 1, sigma = 1e-30, lower_clip = 1e-150; the class defaults of the
+    code are k0 = 0.1, sigma = 1e-19). See the module docstring for the rule and our deviations."""
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 1.0, k0: float = 1.0, sigma: float = 1e-30,
+                 lower_clip: float = 1e-150) -> None:
+        _check("lower_clip", lower_clip, lower_clip >= 0.0, ">= 0")
+        super().__init__(params, lr, momentum, k0, sigma, lower_clip=lower_clip)
+
+    def _grads(self, grads, group):
+        # g <- sign(g) max(|g|, lc); lc is raised to 10 * tiny(dtype) when below tiny (the code's rule)
+        tiny = torch.finfo(grads[0].dtype).tiny
+        floor = group["lower_clip"] if group["lower_clip"] >= tiny else 10.0 * tiny
+        if not _any_tiny(grads, floor, inclusive=True):
+            return grads  # nothing to raise (the usual case): skip the four passes below
+        out = torch._foreach_abs(grads)
+        torch._foreach_clamp_min_(out, floor)
+        torch._foreach_mul_(out, torch._foreach_sign(grads))
+        return out
+
+    def _terms(self, grads, group, t):
+        # the code's denominator |vel| + (m_t + sigma), with m_t + sigma formed in the dtype
+        m_den = float(torch.tensor(1.0 / t, dtype=grads[0].dtype) + group["sigma"])
+        return 1.0 / t, m_den, group["sigma"], None, None
+
+
+class Nlarc(_Nlar):
+    """Nlarcm (Okhrati 2024, arXiv 2410.09943; official code class ``Nlarc``): Nlar learning rates
+    with the gradient-dependent noise scale sigma_t = min(sigma, |g|), regression weights sigma_t^-2
+    and the dynamic momentum; momentum=0 gives Nlarc. ``rescaled`` selects the float32-safe form
+    (§A.1 point 4), equal to the literal one in float64. Defaults: the experiments' k0 = 1,
+    sigma = 1e-30. See the module docstring for the rule and our deviations."""
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 1.0, k0: float = 1.0, sigma: float = 1e-30,
+                 rescaled: bool = True) -> None:
+        super().__init__(params, lr, momentum, k0, sigma, rescaled=bool(rescaled))
+        dtypes = {p.dtype for g in self.param_groups for p in g["params"]}
+        if not rescaled and dtypes - {torch.float64}:
+            warnings.warn("Nlarcm with rescaled=False needs float64 (sigma^-2 overflows "
+                          f"{sorted(map(str, dtypes))}); the official code then loses its momentum", stacklevel=2)
+
+    def _prior(self, group):
+        return group["k0"] * group["sigma"] ** 2 if group["rescaled"] else group["k0"]
+
+    def _terms(self, grads, group, t):
+        sigma = group["sigma"]
+        dtype = grads[0].dtype
+        cap = 0.01 * torch.finfo(dtype).max
+        if not _any_tiny(grads, sigma, inclusive=False):
+            # sigma_t = sigma everywhere (no 0 < |g| < sigma, the usual case): scalars instead of tensors
+            if group["rescaled"]:
+                return 1.0 / t, 1.0 / t, sigma, None, None
+            sigma_t = torch.tensor(sigma, dtype=dtype)
+            inv_sigma2 = torch.clamp(sigma_t**-2, max=cap)  # the code's caps, in the dtype
+            m_t = float(inv_sigma2 * sigma_t**2 / t)
+            return m_t, m_t, sigma, float(inv_sigma2), _add_if_any_zero if m_t == 0 else None
+        # r = sigma_t / sigma = min(|g| / sigma, 1), and 1 where g = 0
+        r = torch._foreach_abs(grads)
+        nonzero = torch._foreach_sign(r)
+        torch._foreach_div_(r, sigma)
+        torch._foreach_clamp_max_(r, 1.0)
+        torch._foreach_sub_(r, nonzero)
+        torch._foreach_add_(r, 1.0)
+        noise_scale = torch._foreach_mul(r, sigma)  # sigma_t
+        if group["rescaled"]:
+            m_t = torch._foreach_mul(r, r)  # (sigma_t / sigma)^2, then / t
+            weight = torch._foreach_reciprocal(m_t)  # (sigma / sigma_t)^2
+            torch._foreach_div_(m_t, float(t))
+            return m_t, m_t, noise_scale, weight, None
+        # literal form, in the parameters' dtype, with the code's overflow caps
+        inv_sigma2 = min(sigma**-2, cap) if math.isfinite(sigma**-2) else cap
+        sigma_t2 = torch._foreach_mul(noise_scale, noise_scale)
+        m_t = torch._foreach_mul(sigma_t2, inv_sigma2 / t)
+        weight = torch._foreach_reciprocal(sigma_t2)
+        torch._foreach_clamp_max_(weight, cap)  # inf -> 0.01 max
+        return m_t, m_t, noise_scale, weight, _add_if_any_zero
+
+
+def _any_tiny(grads: list[torch.Tensor], bound: float, inclusive: bool) -> bool:
+    """Whether any gradient element has 0 < |g| < bound (<= bound when ``inclusive``)."""
+    compare = torch.le if inclusive else torch.lt
+    return any(bool((compare(g.abs(), bound) & (g != 0)).any()) for g in grads)
+
+
+def _add_if_any_zero(d: list[torch.Tensor]) -> None:
+    """The code adds 1e-10 to the whole tensor's momentum denominator when any element is zero."""
+    for x in d:
+        x.add_((x == 0).any().to(x.dtype) * 1e-10)
+
+
+NLAR_SCHEMA = {"lr": POSITIVE, "momentum": NON_NEGATIVE, "k0": POSITIVE, "sigma": POSITIVE}
+
+register(OptimizerSpec("nlarsm", lambda params, **h: Nlars(params, **h),
+                       {**NLAR_SCHEMA, "lower_clip": NON_NEGATIVE}, doc=Nlars.__doc__))
+register(OptimizerSpec("nlarcm", lambda params, **h: Nlarc(params, **h),
+                       {**NLAR_SCHEMA, "rescaled": Range(kind=bool)}, doc=Nlarc.__doc__))
