@@ -115,12 +115,12 @@ def suite_figures() -> tuple[dict, list[str]]:
 
 
 def benchmarks() -> dict:
-    """Every benchmark of the suite: this module's, then each ``scripts/bench_<area>.py``'s ``run()``,
-    which returns (figures, markdown lines)."""
+    """Every benchmark of the suite: this module's, then each ``scripts/bench_<area>.py``'s ``run()``
+    (or ``bench()``), which returns (figures, markdown lines)."""
     found = {"suite": suite_figures}
     for path in sorted(Path(__file__).parent.glob("bench_*.py")):
         module = importlib.import_module(f"scripts.{path.stem}")
-        found[path.stem.removeprefix("bench_")] = module.run
+        found[path.stem.removeprefix("bench_")] = getattr(module, "run", None) or module.bench
     return found
 
 
