@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from optimizers.adaptive import ADAM_SCHEMA, KerasAdam
+from optimizers.common import evaluate, groups_with_grads
 from optimizers.registry import NON_NEGATIVE, OptimizerSpec, Range, register
 
 
@@ -41,14 +42,8 @@ class AdamHD(KerasAdam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        loss = evaluate(closure)
+        for group, params in groups_with_grads(self):
             for p in params:
                 if not self.state[p]:
                     self.state[p] = {"step": 0, **{k: torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from optimizers.common import evaluate, groups_with_grads
 from optimizers.registry import POSITIVE, UNIT, OptimizerSpec, Range, register
 
 
@@ -42,14 +43,8 @@ class _MomentOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        loss = evaluate(closure)
+        for group, params in groups_with_grads(self):
             for p in params:
                 if not self.state[p]:
                     self.state[p] = {

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from optimizers.common import evaluate
+
 
 def check_flat(params: Sequence[Tensor]) -> None:
     """Raise ValueError unless ``params`` is non-empty, dense, and of one dtype and one device."""
@@ -47,6 +49,21 @@ def require_closure(opt: torch.optim.Optimizer, closure: Callable | None) -> Cal
     if closure is None:
         raise RuntimeError(f"{type(opt).__name__}.step() requires a closure that re-evaluates the loss")
     return closure
+
+
+class FlatOptimizer(torch.optim.Optimizer):
+    """Base of the optimizers that act on one flat vector: one parameter group of one dtype and
+    device (checked at construction), and a step that needs a closure."""
+
+    def __init__(self, params, defaults: dict) -> None:
+        super().__init__(params, defaults)
+        single_flat_group(self)
+
+    def _evaluate(self, closure: Callable | None) -> tuple[dict, dict, Tensor, Tensor]:
+        """Call the closure once with gradients enabled; return (group, state, loss, flat gradient)."""
+        loss = evaluate(require_closure(self, closure))
+        group = self.param_groups[0]
+        return group, self.state[group["params"][0]], loss, flat_grad(group["params"])
 
 
 def flat_params(params: Sequence[Tensor]) -> Tensor:

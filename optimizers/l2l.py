@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from optimizers.common import evaluate, groups_with_grads
 from optimizers.registry import COUNT, NON_NEGATIVE, POSITIVE, OptimizerSpec, Range, register
 
 log = logging.getLogger("optbench")
@@ -227,14 +228,8 @@ class L2LOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        loss = evaluate(closure)
+        for group, params in groups_with_grads(self):
             for p in params:
                 if "lstm" not in self.state[p]:
                     self.state[p]["lstm"] = self.net.initial_state(p.numel(), p.device)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from optimizers.common import evaluate, groups_with_grads
 from optimizers.registry import NON_NEGATIVE, POSITIVE, UNIT, OptimizerSpec, Range, register
 
 
@@ -67,14 +68,8 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        loss = evaluate(closure)
+        for group, params in groups_with_grads(self):
             state = self.state[params[0]]
             step = state.get("step", 0)
             scale = group["lr"] * (1.0 - self.progress(step)) ** 2

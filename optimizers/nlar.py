@@ -38,6 +38,7 @@ import warnings
 
 import torch
 
+from optimizers.common import evaluate, groups_with_grads
 from optimizers.registry import NON_NEGATIVE, POSITIVE, OptimizerSpec, Range, register
 
 SQRT3 = math.sqrt(3.0)
@@ -101,14 +102,8 @@ class _Nlar(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        loss = evaluate(closure)
+        for group, params in groups_with_grads(self):
             states = [self.state[p] for p in params]
             for state in states:
                 state["step"] += 1

@@ -24,6 +24,7 @@ from torch.optim._muon import muon as torch_muon
 from torch.optim.adamw import adamw as torch_adamw
 
 from optimizers import routing
+from optimizers.common import evaluate, groups_with_grads
 from optimizers.newton_schulz import MUON_COEFFICIENTS, as_matrix, map_batched, zeropower
 from optimizers.registry import COUNT, NON_NEGATIVE, POSITIVE, UNIT, OptimizerSpec, Range, register
 
@@ -114,12 +115,8 @@ class MatrixOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        loss = evaluate(closure)
+        for group, params in groups_with_grads(self):
             if group["matrix"]:
                 self._matrix_step(group, params)
             else:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from optimizers.flat import add_flat_, flat_grad, require_closure, single_flat_group
+from optimizers.flat import FlatOptimizer, add_flat_, flat_grad
 from optimizers.registry import COUNT, NON_NEGATIVE, POSITIVE, OptimizerSpec, register
 
 _SCALINGS = ("oldest", "average")
@@ -48,7 +48,7 @@ def _two_loop(g: Tensor, S: Tensor, Y: Tensor, sy: Tensor, yy: Tensor, t: int, s
     return q
 
 
-class OnlineLBFGS(torch.optim.Optimizer):
+class OnlineLBFGS(FlatOptimizer):
     """Stochastic online L-BFGS without line search (Schraudolph, Yu & Günter, AISTATS 2007: Alg. 1
     with the §3.2 stochastic changes and the first paragraph of §3.3), as the LODO code runs it
     ("L-BFGS-no-line-search" / O-LBFGS, papers/lodo.md §4.1).
@@ -94,18 +94,11 @@ class OnlineLBFGS(torch.optim.Optimizer):
             raise ValueError(f"Invalid scaling: {scaling!r} (must be one of {_SCALINGS})")
         defaults = {"lr": lr, "tau": tau, "eps": eps, "history": history, "lam": lam, "scaling": scaling}
         super().__init__(params, defaults)
-        single_flat_group(self)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        closure = require_closure(self, closure)
-        group = self.param_groups[0]
+        group, state, loss, g = self._evaluate(closure)
         params = group["params"]
-        state = self.state[params[0]]
-
-        with torch.enable_grad():
-            loss = closure()
-        g = flat_grad(params)
         t = state.get("step", 0)
         if "S" not in state:
             m = group["history"]
@@ -179,7 +172,7 @@ def _bfgs_inverse_update_(H: Tensor, s: Tensor, y: Tensor) -> None:
     H.add_(torch.outer(s, s * c - u)).sub_(torch.outer(u, s))
 
 
-class BFGS(torch.optim.Optimizer):
+class BFGS(FlatOptimizer):
     """Full inverse-Hessian BFGS with a fixed step (papers/lodo.md §4.1; Nocedal & Wright 2006,
     Eq. 6.17 for the update): x <- x - lr * H g, H_0 = h0_scale * I.
 
@@ -197,18 +190,11 @@ class BFGS(torch.optim.Optimizer):
         if not h0_scale > 0.0:
             raise ValueError(f"Invalid h0_scale: {h0_scale} (must be > 0)")
         super().__init__(params, {"lr": lr, "h0_scale": h0_scale})
-        single_flat_group(self)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        closure = require_closure(self, closure)
-        group = self.param_groups[0]
+        group, state, loss, g = self._evaluate(closure)
         params = group["params"]
-        state = self.state[params[0]]
-
-        with torch.enable_grad():
-            loss = closure()
-        g = flat_grad(params)
         if "H" not in state:
             state["H"] = torch.eye(g.numel(), dtype=g.dtype, device=g.device).mul_(group["h0_scale"])
             state["step"] = 0

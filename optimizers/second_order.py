@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from optimizers.flat import add_flat_, flat_grad, require_closure, single_flat_group
+from optimizers.flat import FlatOptimizer, add_flat_
 from optimizers.registry import NON_NEGATIVE, POSITIVE, OptimizerSpec, register
 
 
@@ -54,7 +54,7 @@ def solve_symmetric(A: Tensor, b: Tensor) -> tuple[Tensor, str]:
     return torch.linalg.pinv(A, hermitian=True) @ b, "pinv"
 
 
-class Newton(torch.optim.Optimizer):
+class Newton(FlatOptimizer):
     """Newton's method with the exact Hessian: x <- x - lr * (H + damping * I)^{-1} g.
 
     LODO's Table 1 quotes "Newton 7.41" as the noisy bowl's optimum (papers/lodo.md §3.1): with
@@ -70,18 +70,11 @@ class Newton(torch.optim.Optimizer):
         if not damping >= 0.0:
             raise ValueError(f"Invalid damping: {damping} (must be >= 0)")
         super().__init__(params, {"lr": lr, "damping": damping})
-        single_flat_group(self)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        closure = require_closure(self, closure)
-        group = self.param_groups[0]
+        group, state, loss, g = self._evaluate(closure)
         params = group["params"]
-        state = self.state[params[0]]
-
-        with torch.enable_grad():
-            loss = closure()
-        g = flat_grad(params)
         H = _sym(_hessian(self, closure, g.numel()))
         if group["damping"] != 0.0:
             H.diagonal().add_(group["damping"])
@@ -92,7 +85,7 @@ class Newton(torch.optim.Optimizer):
         return loss
 
 
-class LevenbergMarquardt(torch.optim.Optimizer):
+class LevenbergMarquardt(FlatOptimizer):
     """The LODO code's Levenberg-Marquardt for the noisy bowl (papers/lodo.md §4.1):
     x <- x - (H^2 + lam * diag(H^2))^{-1} H g with the exact Hessian H and a FIXED lam (default 1).
 
@@ -107,18 +100,11 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         if not lam >= 0.0:
             raise ValueError(f"Invalid lam: {lam} (must be >= 0)")
         super().__init__(params, {"lam": lam})
-        single_flat_group(self)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        closure = require_closure(self, closure)
-        group = self.param_groups[0]
+        group, state, loss, g = self._evaluate(closure)
         params = group["params"]
-        state = self.state[params[0]]
-
-        with torch.enable_grad():
-            loss = closure()
-        g = flat_grad(params)
         H = _sym(_hessian(self, closure, g.numel()))
         H2 = _sym(H @ H)
         M = H2 + torch.diag_embed(H2.diagonal() * group["lam"])
