@@ -17,7 +17,8 @@ from optimizers.common import evaluate, groups_with_grads
 from optimizers.registry import POSITIVE, UNIT, OptimizerSpec, Range, register
 
 
-def _validate(lr: float, betas: tuple[float, float], eps: float) -> None:
+def validate_adam(lr: float, betas: tuple[float, float], eps: float) -> None:
+    """Adam-family checks: lr > 0, each beta in [0, 1), eps > 0."""
     if not lr > 0.0:
         raise ValueError(f"Invalid learning rate: {lr} (must be > 0)")
     for i, beta in enumerate(betas):
@@ -32,7 +33,7 @@ class _MomentOptimizer(torch.optim.Optimizer):
     x <- x - step_size * m / (sqrt(v) + eps)."""
 
     def __init__(self, params, lr: float, betas: tuple[float, float], eps: float) -> None:
-        _validate(lr, betas, eps)
+        validate_adam(lr, betas, eps)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
 
     def _second_moment_(self, v: list[torch.Tensor], grads: list[torch.Tensor], beta2: float) -> None:

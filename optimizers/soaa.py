@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from optimizers.adaptive import validate_adam
 from optimizers.registry import COUNT, NON_NEGATIVE, POSITIVE, UNIT, OptimizerSpec, Range, register
 
 
@@ -43,13 +44,7 @@ class SOAA(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  gamma: float = 0.1, total_steps: int = 1000) -> None:
-        if not lr > 0.0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be > 0)")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta{i + 1}: {beta} (must be in [0, 1))")
-        if not eps > 0.0:
-            raise ValueError(f"Invalid eps: {eps} (must be > 0)")
+        validate_adam(lr, betas, eps)
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
         if not 0.0 < gamma < 1.0:
