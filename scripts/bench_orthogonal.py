@@ -22,7 +22,7 @@ import torch
 from optimizers import routing
 from optimizers.orthogonal import ROOT, AuON, HybridAuON, Muon, NorMuon, SinkGD
 from optimizers.soaa import SOAA
-from tasks.resnet import CifarResNet18
+from tasks.resnet import cifar_resnet18
 
 
 def _sync(device: torch.device) -> None:
@@ -62,7 +62,7 @@ def compare(sides: dict[str, Callable[[], object]], device: torch.device, repeat
 
 def bench(width: float = 1.0, repeats: int = 5, device: str | None = None) -> tuple[dict, list[str]]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = CifarResNet18(width).to(dev)
+    model = cifar_resnet18(width).to(dev)
     params = list(model.parameters())
     hidden = [p for p, r in zip(params, routing.roles(params), strict=True) if r == routing.HIDDEN]
 

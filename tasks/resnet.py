@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from tasks.base import ModelTask
 from tasks.data import cifar10
@@ -31,28 +30,27 @@ from tasks.registry import register
 BATCHNORM_MODES = ("frozen", "train")
 
 
-class CifarResNet18(ResNet):
+def cifar_resnet18(width: float = 1.0, num_classes: int = 10) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stride-1 stem, no max-pool and channels scaled by ``width``."""
+    # Imported here: torchvision.models costs ~2.4 s per process, and every runner process imports tasks.
+    from torchvision.models.resnet import BasicBlock, ResNet
 
-    def __init__(self, width: float = 1.0, num_classes: int = 10) -> None:
-        object.__setattr__(self, "_width", width)
-        object.__setattr__(self, "_stem_done", False)
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        stem = self.channels(64)
-        self.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.bn1 = nn.BatchNorm2d(stem)
-        self.maxpool = nn.Identity()
-        self.fc = nn.Linear(self.channels(512), num_classes)
+    def channels(planes: int) -> int:
+        return max(1, round(planes * width))
 
-    def channels(self, planes: int) -> int:
-        return max(1, round(planes * self._width))
+    class CifarResNet18(ResNet):
+        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+            if planes == 64:  # torchvision sets inplanes = 64 before the first stage
+                self.inplanes = channels(64)
+            return super()._make_layer(block, channels(planes), blocks, stride, dilate)
 
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-        if not self._stem_done:  # torchvision sets inplanes = 64 before the first stage
-            self.inplanes = self.channels(64)
-            object.__setattr__(self, "_stem_done", True)
-        return super()._make_layer(block, self.channels(planes), blocks, stride, dilate)
+    model = CifarResNet18(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, channels(64), kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.bn1 = nn.BatchNorm2d(channels(64))
+    model.maxpool = nn.Identity()
+    model.fc = nn.Linear(channels(512), num_classes)
+    return model
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -102,7 +100,7 @@ class Cifar10ResNet18(ModelTask):
         self.mean = pixels.mean(1).to(dtype).view(1, 3, 1, 1).to(device)
         self.std = pixels.std(1).to(dtype).view(1, 3, 1, 1).to(device)
         del pixels
-        self.attach(CifarResNet18(width).to(memory_format=self.memory_format))
+        self.attach(cifar_resnet18(width).to(memory_format=self.memory_format))
         self.model.train(batchnorm == "train")
         self._order = torch.empty(0, dtype=torch.int64, device=device)
         self._cursor = 0

@@ -12,7 +12,7 @@ from optimizers import routing
 from runners.plan import make_plan
 from runners.records import Record
 from runners.run import execute
-from tasks.resnet import CifarResNet18, augment
+from tasks.resnet import augment, cifar_resnet18
 
 CPU = torch.device("cpu")
 
@@ -23,7 +23,7 @@ def make_task(data_dir, **options):
 
 
 def test_parameter_count_and_layout_match_torchvision_resnet18():
-    model = CifarResNet18(1.0)
+    model = cifar_resnet18(1.0)
     count = sum(p.numel() for p in model.parameters())
     assert count == 11_173_962, f"expected 11,173,962 parameters (LODO's ResNet-18), got {count:,}"
     reference = torchvision.models.resnet18(num_classes=10)
