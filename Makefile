@@ -21,7 +21,7 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-reproduce-table-%: setup
+$(addprefix reproduce-table-,$(TABLES)): reproduce-table-%: setup
 	$(PY) -m scripts.reproduce $* scale=$(scale) --jobs $(jobs) $(ARGS)
 
 reproduce-all: setup

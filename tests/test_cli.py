@@ -38,3 +38,18 @@ def test_bad_hyperparameter_is_one_clear_line_and_writes_nothing(results):
 def test_unknown_table_lists_the_valid_ones(results):
     out = run_cli("-m", "scripts.reproduce", "99", f"results_dir={results}")
     assert out.returncode == 2 and "unknown table 99; valid: " in out.stderr and "4" in out.stderr
+
+
+def test_make_targets_run_the_scripts():
+    """`make reproduce-table-N` for every table, `make test` and `make bench` reach their commands (dry run)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    tables = sorted(int(p.stem.split("_")[1]) for p in (root / "configs" / "experiment").glob("table_*.yaml"))
+    for n in tables:
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", f"reproduce-table-{n}", "scale=smoke"],
+                             cwd=root, capture_output=True, text=True)
+        assert f"-m scripts.reproduce {n} scale=smoke" in out.stdout, (n, out.stdout, out.stderr)
+    for target, command in (("test", "-m pytest"), ("bench", "-m scripts.bench"), ("report", "-m scripts.report")):
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target], cwd=root, capture_output=True, text=True)
+        assert command in out.stdout, (target, out.stdout, out.stderr)
