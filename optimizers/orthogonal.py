@@ -325,8 +325,9 @@ def routed(cls):
 
 
 def _register(name: str, cls, schema: dict) -> None:
+    # without a hidden matrix the routing sends every parameter to AdamW: the rule would not be used
     register(OptimizerSpec(name, routed(cls), {**schema, **ADAMW_SCHEMA}, doc=cls.__doc__,
-                           tags=frozenset({"orthogonal"})))
+                           requires=frozenset({"hidden_matrices"}), tags=frozenset({"orthogonal"})))
 
 
 MOMENTUM_SCHEMA = {"lr": POSITIVE, "momentum": UNIT, "nesterov": BOOL, "weight_decay": NON_NEGATIVE}

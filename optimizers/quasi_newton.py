@@ -211,4 +211,5 @@ class BFGS(FlatOptimizer):
 LBFGS_SCHEMA = {"lr": POSITIVE, "tau": POSITIVE, "eps": POSITIVE, "history": COUNT}
 register(OptimizerSpec("lbfgs", LBFGS, {**LBFGS_SCHEMA, "lam": NON_NEGATIVE}, doc=LBFGS.__doc__))
 register(OptimizerSpec("olbfgs", OLBFGS, LBFGS_SCHEMA, doc=OLBFGS.__doc__))
-register(OptimizerSpec("bfgs", BFGS, {"lr": POSITIVE, "h0_scale": POSITIVE}, doc=BFGS.__doc__))
+register(OptimizerSpec("bfgs", BFGS, {"lr": POSITIVE, "h0_scale": POSITIVE}, requires=frozenset({"dense_curvature"}),
+                      doc=BFGS.__doc__))  # an n x n inverse-Hessian estimate

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import optimizers
 import tasks
-from optimizers.registry import ConfigError
+from optimizers.registry import ConfigError, OptimizerSpec
+from tasks.base import Task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # multiplies: a cap on cumulative multiplies; save_params: write the final parameters (params.pt) into the record
@@ -53,6 +54,22 @@ class RunPlan:
         return DTYPES[self.task["dtype"]]
 
 
+class NotApplicable(ConfigError):
+    """The optimizer needs something the task does not offer. A table that sweeps every optimizer over
+    every task (``report.applicable_only``) leaves such pairs out and lists this message as the reason."""
+
+
+def unmet_requirements(spec: OptimizerSpec, task_cls: type[Task]) -> str | None:
+    """Why ``spec`` cannot run on ``task_cls`` (its ``requires`` against the task's ``offers``), or None
+    when it can. The suite's one applicability rule: ``make_plan``, table sweeps and the compatibility
+    test all use it."""
+    missing = spec.requires - task_cls.offers
+    if not missing:
+        return None
+    return (f"optimizer {spec.name!r} needs {', '.join(sorted(missing))}, which task {task_cls.name!r} "
+            f"does not offer (it offers: {', '.join(sorted(task_cls.offers)) or 'gradients only'})")
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -68,12 +85,9 @@ def make_plan(cfg: DictConfig) -> RunPlan:
     overrides = (_plain(cfg.get("hparams")) or {}).get(spec.name, {})
     hparams = spec.validate({**(opt_cfg.get("hparams") or {}), **overrides})
 
-    missing = spec.requires - task_cls.offers
-    if missing:
-        raise ConfigError(
-            f"optimizer {spec.name!r} needs {', '.join(sorted(missing))}, which task {task_cls.name!r} "
-            f"does not offer (it offers: {', '.join(sorted(task_cls.offers)) or 'gradients only'})"
-        )
+    reason = unmet_requirements(spec, task_cls)
+    if reason:
+        raise NotApplicable(reason)
     if task_cfg.get("dtype", "float32") not in DTYPES:
         raise ConfigError(f"task dtype {task_cfg['dtype']!r} invalid; valid: {', '.join(DTYPES)}")
 

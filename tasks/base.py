@@ -17,8 +17,16 @@ from torch import nn
 class Task:
     """A benchmark problem. Subclasses set ``name`` and implement ``sample_batch`` and ``loss``.
 
-    ``offers`` lists capabilities beyond gradients: ``"hessian"`` means ``flat_loss`` is defined, so
-    optimizers can form exact Hessians with ``torch.func``.
+    ``offers`` lists capabilities beyond gradients, matched against ``OptimizerSpec.requires`` by
+    ``runners.plan.unmet_requirements`` (the only applicability check: a pair it rejects is left out of
+    table sweeps with its message as the reason):
+
+    - ``"hessian"``: ``flat_loss`` is defined and the parameter vector is small enough for an exact
+      dense Hessian (``torch.func``) and its solve (Newton, LM);
+    - ``"dense_curvature"``: small enough to store and update an n x n matrix (BFGS);
+    - ``"mlp"``: the thesis's one-hidden-layer MLP structure (``task.mlp``; OWO, MOLF, AMOLF, LM-AMOLF);
+    - ``"hidden_matrices"``: weight matrices other than the first layer and the head
+      (``optimizers.routing``), which the orthogonalized-update family acts on.
     """
 
     name: ClassVar[str]
@@ -67,7 +75,7 @@ class Task:
 class VectorTask(Task):
     """A task whose parameters are one flat vector ``x``; its loss is ``flat_loss(x, batch)``."""
 
-    offers = frozenset({"hessian"})
+    offers = frozenset({"hessian", "dense_curvature"})
 
     def __init__(self, x0: torch.Tensor, seed: int, device: torch.device, dtype: torch.dtype, **context) -> None:
         super().__init__(seed, device, dtype, **context)

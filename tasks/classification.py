@@ -175,6 +175,7 @@ class MnistMLP2h(ImageClassifier):
     """MNIST MLP2h: 784 -> 1000 ReLU -> 1000 ReLU -> 10 softmax (``mnist_mlp``; Nlar Figure 2)."""
 
     name = "mnist_mlp2h"
+    offers = frozenset({"hidden_matrices"})
     dataset = "mnist"
 
     def build_model(self) -> nn.Module:
@@ -186,6 +187,7 @@ class Cifar10MLP7h(ImageClassifier):
     """CIFAR-10 MLP7h: 3072 -> 7 x (512 ReLU) -> 10 softmax (``cifar10_mlp7h``)."""
 
     name = "cifar10_mlp7h"
+    offers = frozenset({"hidden_matrices"})
     dataset = "cifar10"
 
     def build_model(self) -> nn.Module:
@@ -203,6 +205,7 @@ class Cifar10VGG11(ImageClassifier):
     ReLU -> 10 softmax."""
 
     name = "cifar10_vgg11"
+    offers = frozenset({"hidden_matrices"})
     dataset = "cifar10"
 
     def build_model(self) -> nn.Module:

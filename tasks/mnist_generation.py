@@ -94,6 +94,7 @@ class MNISTGeneration(ModelTask):
     """
 
     name = "mnist_generation"
+    offers = frozenset({"hidden_matrices"})
 
     def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, batch_size: int = 256,
                  val_positions: int | None = None, test_pairs: int | None = None, eval_chunk: int = 1024,

@@ -37,7 +37,7 @@ PROTOCOLS = ("whole", "folds")
 class MLPRegression(Task):
     """One regression data set and the thesis's MLP on it; subclasses name the data."""
 
-    offers = frozenset({"mlp", "hessian"})
+    offers = frozenset({"mlp", "hessian", "dense_curvature"})
     hidden_units: ClassVar[int]
 
     def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, data_dir: Path | None = None,

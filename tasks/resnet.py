@@ -70,6 +70,7 @@ class Cifar10ResNet18(ModelTask):
     """ResNet-18 on CIFAR-10 as LODO ran it (papers/lodo.md §3.4); metrics: test loss and accuracy."""
 
     name = "cifar10_resnet18"
+    offers = frozenset({"hidden_matrices"})
 
     def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, *, width: float = 1.0,
                  batch_size: int = 2048, l2: float = 1e-4, batchnorm: str = "frozen", augmentation: bool = True,
