@@ -51,8 +51,14 @@ class ImageClassifier(ModelTask):
     dataset: ClassVar[str]
 
     def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, data_dir=None, *,
-                 batch_size: int = 300, l2: float = 1e-4, split: str = "resplit", eval_size: int = 0) -> None:
+                 batch_size: int = 300, l2: float = 1e-4, split: str = "resplit", eval_size: int = 0,
+                 width: float = 1.0) -> None:
+        """``width`` multiplies every hidden width (Dense units, conv channels; at least 1 each): 1 is the
+        paper's network, smaller values make narrow versions for budget tables and tests."""
         super().__init__(seed, device, dtype, data_dir=data_dir)
+        if not width > 0:
+            raise ValueError(f"width={width} must be > 0")
+        self.width = float(width)
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is invalid; valid: {', '.join(SPLITS)}")
         if batch_size < 1 or eval_size < 0 or l2 < 0:
@@ -81,6 +87,10 @@ class ImageClassifier(ModelTask):
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def scaled(self, units: int) -> int:
+        """A hidden width of the paper's network at this task's ``width``."""
+        return max(1, round(units * self.width))
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the model's float inputs in [0, 1]."""
@@ -179,7 +189,7 @@ class MnistMLP2h(ImageClassifier):
     dataset = "mnist"
 
     def build_model(self) -> nn.Module:
-        return mlp([784, 1000, 1000, 10])
+        return mlp([784, self.scaled(1000), self.scaled(1000), 10])
 
 
 @register
@@ -191,7 +201,7 @@ class Cifar10MLP7h(ImageClassifier):
     dataset = "cifar10"
 
     def build_model(self) -> nn.Module:
-        return mlp([3072, *[512] * 7, 10])
+        return mlp([3072, *[self.scaled(512)] * 7, 10])
 
 
 VGG11_BLOCKS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -213,7 +223,7 @@ class Cifar10VGG11(ImageClassifier):
         channels = 3
         for block in VGG11_BLOCKS:
             for width in block:
-                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-                channels = width
+                layers += [nn.Conv2d(channels, self.scaled(width), 3, padding=1), nn.ReLU()]
+                channels = self.scaled(width)
             layers += [nn.MaxPool2d(2), nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)]
-        return nn.Sequential(*layers, mlp([channels, 4096, 4096, 10]))
+        return nn.Sequential(*layers, mlp([channels, self.scaled(4096), self.scaled(4096), 10]))

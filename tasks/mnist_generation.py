@@ -58,7 +58,7 @@ class AtanCNN(nn.Module):
         self.stem = nn.Conv2d(5, width, 1)
         layers: list[nn.Module] = []
         for _ in range(stages):
-            layers += [ResidualBlock(width) for _ in range(blocks)]
+            layers += [ResidualBlock(width, 2 * width) for _ in range(blocks)]
             layers.append(nn.AvgPool2d(2, stride=2, ceil_mode=True))
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, classes)
@@ -98,9 +98,12 @@ class MNISTGeneration(ModelTask):
 
     def __init__(self, seed: int, device: torch.device, dtype: torch.dtype, batch_size: int = 256,
                  val_positions: int | None = None, test_pairs: int | None = None, eval_chunk: int = 1024,
-                 **context) -> None:
-        if batch_size < 1 or eval_chunk < 1:
-            raise ValueError(f"invalid mnist_generation options batch_size={batch_size} eval_chunk={eval_chunk}")
+                 width: int = 20, **context) -> None:
+        """``width``: the CNN's channels (hidden 2 x width in the blocks); 20 is the paper's network,
+        smaller values are for tests."""
+        if batch_size < 1 or eval_chunk < 1 or width < 1:
+            raise ValueError(f"invalid mnist_generation options batch_size={batch_size} eval_chunk={eval_chunk} "
+                             f"width={width}")
         if val_positions is not None and not 1 <= val_positions <= PIXELS:
             raise ValueError(f"val_positions={val_positions} must be in [1, {PIXELS}] or null (all)")
         super().__init__(seed, device, dtype, **context)
@@ -111,7 +114,7 @@ class MNISTGeneration(ModelTask):
         self.batch_size, self.eval_chunk = batch_size, eval_chunk
         self.val_positions, self.test_pairs = val_positions, test_pairs
         self.model_seed = seed
-        model = AtanCNN()
+        model = AtanCNN(width)
         model.reset_parameters(torch.Generator().manual_seed(seed))
         self.attach(model)
 
