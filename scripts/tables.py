@@ -157,6 +157,7 @@ def aggregate(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) ->
             values = ok[col].dropna() if col in ok else pd.Series(dtype=float)
             cell[col] = float(values.mean()) if len(values) else math.nan
             if "@" in col:
+                cell[f"{col} n"] = len(values)
                 cell[f"{col} std"] = float(values.std(ddof=0)) if len(values) else math.nan
                 cell[f"{col} ci_low"], cell[f"{col} ci_high"] = bootstrap_ci(values.to_numpy())
         out.append(cell)
@@ -198,8 +199,9 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
                 cells.append(diverged)
             else:
                 note = f" ({diverged})" if row["diverged"] else ""
-                ci = f" [{_fmt(row[col + ' ci_low'])}, {_fmt(row[col + ' ci_high'])}]" if row["ok"] > 1 else ""
-                cells.append(f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}{ci}{note}")
+                n = int(row.get(col + " n", row["ok"]))
+                ci = f" [{_fmt(row[col + ' ci_low'])}, {_fmt(row[col + ' ci_high'])}]" if n > 1 else ""
+                cells.append(f"{_fmt(ours)} ± {_fmt(row[col + ' std'])}{ci} (n={n}){note}")
             paper = next((ref[key] for key in ((row["task"], row["variant"], row["optimizer"], col),
                                                 (row["task"], None, row["optimizer"], col),
                                                 (row["task"], None, row["optimizer"], col.split("=")[0]))
@@ -217,8 +219,9 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
             cells.append(_fmt(row.get("optimum")))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Notes:"] + [f"- {note}" for note in cfg.report.get("notes") or []]
-    lines += ["- Cells: mean ± population std [95% bootstrap interval of the mean] over the seeds that did not "
-              "diverge ('runs' gives their count); 'diff' is relative to the paper.",
+    lines += ["- Cells: mean ± population std [95% bootstrap interval of the mean] (n = seeds in the cell) over "
+              "the seeds that did not diverge and reached the milestone ('runs': finished / planned); 'diff' is "
+              "relative to the paper.",
               f"- paper: {source}", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     lines += ["", footer(cfg, plans)]
@@ -242,9 +245,21 @@ def footer(cfg: DictConfig, plans: list[RunPlan]) -> str:
 
 
 def write_table(table: int, cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]],
-                unavailable: dict[str, str] | None = None) -> list[Path]:
+                unavailable: dict[str, str] | None = None,
+                excluded: list[tuple[list[str], str]] | None = None) -> list[Path]:
     """``unavailable``: task name -> why its data is missing; its runs are listed as not run, with
-    the message in the notes and in the CSV's ``data_error`` column."""
+    the message in the notes and in the CSV's ``data_error`` column. ``excluded``: (combination,
+    reason) of the pairs a table left out because the optimizer does not apply to the task. A table
+    with its own layout names its writer in ``report.writer`` ("module:function", same arguments)."""
+    if cfg.report.get("writer"):
+        module, function = cfg.report.writer.split(":")
+        return getattr(importlib.import_module(module), function)(table, cfg, plans, combos, unavailable or {},
+                                                                   excluded or [])
+    if excluded:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.report.notes = list(cfg.report.get("notes") or []) + sorted(
+                {f"Not applicable, left out: {reason}" for _, reason in excluded})
     out = Path(cfg.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = aggregate(cfg, plans, combos)
