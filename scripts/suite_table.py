@@ -294,7 +294,8 @@ def plot_curves(table: int, cfg: DictConfig, plans: list[RunPlan], runs: pd.Data
                 curve = mean_curve(list(group["record"]))
                 if curve is None:
                     continue
-                ax.plot(curve[KINDS[kind]].clip(lower=1e-12), curve["loss"], label=optimizer, linewidth=1.1,
+                curve = curve[curve[KINDS[kind]] > 0]  # warm-up steps are off the clock (0 s): not on a log axis
+                ax.plot(curve[KINDS[kind]], curve["loss"], label=optimizer, linewidth=1.1,
                         color=colours[i % len(colours)], linestyle="-" if i < len(colours) else "--")
             target = rows["target"].iloc[0] if len(rows) else math.nan
             if math.isfinite(target):
