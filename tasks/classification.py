@@ -152,11 +152,14 @@ class ImageClassifier(ModelTask):
                 "val_size": len(self.val_set[1])}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "order": self._order.clone(), "cursor": self._cursor}
+        return {**super().state_dict(), "order": self._order.clone(), "cursor": self._cursor,
+                "correct": self._correct.clone(), "seen": self._seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._order, self._cursor = state["order"].clone(), state["cursor"]
+        self._correct.copy_(state["correct"])
+        self._seen = state["seen"]
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

@@ -74,8 +74,9 @@ class NoisyQuadratic(VectorTask):
         return {"optimum": self.noise_std**2 * float(self.eigenvalues.sum()) / 2.0}
 
     def state_dict(self):
-        return {**super().state_dict(), "center": self.center.clone()}
+        return {**super().state_dict(), "center": self.center.clone(), "probes": self._probe_generator.get_state()}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.center.copy_(state["center"])
+        self._probe_generator.set_state(state["probes"])
