@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.xdist_group("reliability")  # one worker runs the module, so one report is written
 FIGURES: dict[str, list] = {"kills": [], "bad_inputs": [], "resumed": []}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
