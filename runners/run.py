@@ -31,6 +31,7 @@ from runners.loggers import make_logger
 from runners.loop import train
 from runners.plan import RunPlan, make_plan
 from runners.records import Record, git_revision, versions
+from tasks.base import Task
 
 log = logging.getLogger("optbench")
 
@@ -71,17 +72,22 @@ def execute(plan: RunPlan, cfg: DictConfig) -> dict[str, Any] | None:
         return _run(plan, cfg, record)
 
 
+def build(plan: RunPlan, device: torch.device, data_dir: Path) -> tuple[Task, torch.optim.Optimizer]:
+    """The run's task and optimizer, each created right after seeding torch with its derived seed."""
+    torch.manual_seed(plan.config["task_seed"])
+    task = tasks.get(plan.task["name"])(seed=plan.config["task_seed"], device=device, dtype=plan.dtype,
+                                        data_dir=data_dir, **plan.task["options"])
+    torch.manual_seed(plan.config["optimizer_seed"])
+    return task, optimizers.get(plan.optimizer["name"]).build(task.parameters(), **plan.optimizer["hparams"])
+
+
 def _run(plan: RunPlan, cfg: DictConfig, record: Record) -> dict[str, Any]:
     device = pick_device(cfg.device)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(plan.config["task_seed"])
-    task = tasks.get(plan.task["name"])(seed=plan.config["task_seed"], device=device, dtype=plan.dtype,
-                                        data_dir=Path(cfg.data_dir), **plan.task["options"])
-    torch.manual_seed(plan.config["optimizer_seed"])
     os.environ["OPTBENCH_CACHE_DIR"] = str(Path(cfg.results_dir, "cache").resolve())  # builders' artefacts (L2L)
+    task, optimizer = build(plan, device, Path(cfg.data_dir))
     spec = optimizers.get(plan.optimizer["name"])
-    optimizer = spec.build(task.parameters(), **plan.optimizer["hparams"])
     analytic = spec.multiplies_per_step(task) if spec.multiplies_per_step else None
     checkpoint = cfg.scale.get("checkpoint") or {}
     checkpointer = Checkpointer(record.dir / "checkpoint.pt", checkpoint.get("every_steps", 0),

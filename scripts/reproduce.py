@@ -56,6 +56,11 @@ def sweep_overrides(cfg: DictConfig) -> list[list[str]]:
             for values in itertools.product(*(axes[k] for k in keys))]
 
 
+def choices(combo: list[str]) -> dict[str, str]:
+    """A sweep combination (``["task=twod", "seed=0"]``) as a mapping of its keys to their values."""
+    return dict(c.split("=", 1) for c in combo)
+
+
 def _value_override(cfg: DictConfig, override: str) -> tuple[str, object] | None:
     """(key, typed value) when ``override`` only sets an existing plain key (``seed=3``,
     ``suite_table.kind=seconds``), which can be applied to an already composed config; None when it
@@ -132,8 +137,7 @@ def applicable_groups(cfg: DictConfig, excluded: list[tuple[list[str], str]]) ->
     axes = sweep_axes(cfg)
     if not excluded:
         return [axes]
-    left_out = {(dict(c.split("=", 1) for c in combo)["task"], dict(c.split("=", 1) for c in combo)["optimizer"])
-                for combo, _ in excluded}
+    left_out = {(choices(combo)["task"], choices(combo)["optimizer"]) for combo, _ in excluded}
     groups: dict[tuple, list] = {}
     for task in axes["task"]:
         optimizers = tuple(o for o in axes["optimizer"] if (str(task), str(o)) not in left_out)
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     runnable = [plan for plan in missing if plan.task["name"] not in no_data]
     if runnable and (not no_data or "task" in sweep_axes(cfg)):
         runnable_hashes = {plan.hash for plan in runnable}
-        pending = {dict(c.split("=", 1) for c in combo).get("task") for combo, plan in runs
+        pending = {choices(combo).get("task") for combo, plan in runs
                    if plan.hash in runnable_hashes}
         code = 0
         for axes in applicable_groups(cfg, excluded):

@@ -18,7 +18,6 @@ target with the number of seeds that reached it, and the mean EPM. Performance p
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from runners.plan import RunPlan
-from runners.records import Record, atomic_write_csv, atomic_write_text, git_revision, versions
+from runners.records import Record, atomic_write_csv, atomic_write_text
 from scripts.plots import mean_curve
 from scripts.profiles import plot_profiles, profile
-from scripts.tables import _fmt, bootstrap_ci
+from scripts.reproduce import choices
+from scripts.tables import _fmt, bootstrap_ci, footer
 
 KINDS = {"multiplies": "multiplies", "seconds": "seconds"}  # budget kind -> curve column
 TAUS = (1.0, 2.0, 4.0, 10.0)
@@ -76,7 +76,7 @@ def run_table(cfg: DictConfig, plans: list[RunPlan], combos: list[list[str]]) ->
     axis = cfg.report.budget_axis
     rows = []
     for plan, combo in zip(plans, combos, strict=True):
-        choice = dict(c.split("=", 1) for c in combo)
+        choice = choices(combo)
         kind = choice[axis]
         budget = float(plan.budget[kind])
         record = Record(cfg.results_dir, plan.hash)
@@ -183,7 +183,7 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, runs: pd.DataF
              "| optimizers run | left out |", "|---|---|---|---|---|---|---|---|"]
     left_out: dict[str, list[str]] = {}
     for combo, _ in excluded:
-        choice = dict(c.split("=", 1) for c in combo)
+        choice = choices(combo)
         left_out.setdefault(choice["task"], [])
         if choice["optimizer"] not in left_out[choice["task"]]:
             left_out[choice["task"]].append(choice["optimizer"])
@@ -237,7 +237,7 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, runs: pd.DataF
         needs: dict[str, dict[str, list[str]]] = {}  # task -> what is missing -> optimizers
         offers: dict[str, str] = {}
         for combo, reason in excluded:
-            choice = dict(c.split("=", 1) for c in combo)
+            choice = choices(combo)
             need = reason.split(" needs ", 1)[-1].split(", which task", 1)[0]
             names = needs.setdefault(choice["task"], {}).setdefault(need, [])
             if choice["optimizer"] not in names:
@@ -253,25 +253,10 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, runs: pd.DataF
     lines += ["- Cells: error = training loss, mean ± population std [95% bootstrap interval of the mean] "
               "(n = seeds that finished without diverging); 'x to target': median over seeds, with "
               "(seeds that reached it / seeds that finished); bold: the best of the task.",
-              "", footer(cfg, plans, runs)]
-    return "\n".join(lines) + "\n"
-
-
-def footer(cfg: DictConfig, plans: list[RunPlan], runs: pd.DataFrame) -> str:
-    summaries = [Record(cfg.results_dir, p.hash).summary() or {} for p in plans]
-    devices = sorted({s.get("device", "?") for s in summaries if s})
-    revisions = sorted({s.get("git_revision", "?") for s in summaries if s})
+              ""]
     budgets = {f"{t} ({k})": b for (t, k), b in runs.groupby(["task", "kind"])["budget"].first().items()}
-    return "\n".join([
-        "---",
-        f"Produced by optbench at scale={cfg.scale.name} with {cfg.scale.seeds} seeds per cell "
-        f"({len(plans)} runs); budgets: {json.dumps(budgets, sort_keys=True)}.",
-        f"Tuning budget: {cfg.report.tuning}",
-        f"Device: {', '.join(devices)}; versions: {json.dumps(versions(), sort_keys=True)}; "
-        f"git revision of the runs: {', '.join(revisions)}; table written at {git_revision()}.",
-        "Timing: training time only; evaluation and logging excluded; warm-up steps excluded and "
-        "reported separately; device synchronised before clock reads.",
-    ])
+    lines.append(footer(cfg, plans, budgets, (f"Tuning budget: {cfg.report.tuning}",)))
+    return "\n".join(lines) + "\n"
 
 
 def plot_curves(table: int, cfg: DictConfig, plans: list[RunPlan], runs: pd.DataFrame, out: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, open_dict
 from runners.plan import RunPlan
 from runners.records import Record, atomic_write_csv, atomic_write_text, git_revision, versions
 from scripts.plots import plot_table
+from scripts.reproduce import choices
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = ROOT / "results" / "reference"
@@ -109,15 +110,14 @@ def run_metrics(record: Record, budget: dict[str, Any], eval_metrics: list[str],
 def variant_label(combo: list[str], average_over: Any = ()) -> str:
     """The row's task label: the swept overrides other than task, optimizer, seed and the keys a
     table averages over like seeds (``report.average_over``, e.g. the fold of a k-fold protocol)."""
-    parts = [c.split("=", 1) for c in combo]
     skip = {"task", "optimizer", "seed", *average_over}
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in parts if k not in skip)
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in choices(combo).items() if k not in skip)
 
 
 def optimizer_label(plan: RunPlan, combo: list[str]) -> str:
     """The optimizer's config name when the sweep chooses it (two configs may share one registered
     optimizer, e.g. adamhd and adamhd_beta1e-4), else its registered name."""
-    return dict(c.split("=", 1) for c in combo).get("optimizer") or plan.optimizer["name"]
+    return choices(combo).get("optimizer") or plan.optimizer["name"]
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000) -> tuple[float, float]:
@@ -228,15 +228,19 @@ def to_markdown(table: int, cfg: DictConfig, frame: pd.DataFrame, reference: dic
     return "\n".join(lines) + "\n"
 
 
-def footer(cfg: DictConfig, plans: list[RunPlan]) -> str:
+def footer(cfg: DictConfig, plans: list[RunPlan], budgets: dict[str, Any] | None = None,
+           extra: tuple[str, ...] = ()) -> str:
+    """The provenance footer: scale, seeds, budgets (default: each task's), ``extra`` lines, devices,
+    versions, git revisions and the timing policy."""
     summaries = [Record(cfg.results_dir, p.hash).summary() or {} for p in plans]
     devices = sorted({s.get("device", "?") for s in summaries if s})
     revisions = sorted({s.get("git_revision", "?") for s in summaries if s})
-    budgets = {p.task["name"]: p.budget for p in plans}
+    budgets = budgets if budgets is not None else {p.task["name"]: p.budget for p in plans}
     return "\n".join([
         "---",
         f"Produced by optbench at scale={cfg.scale.name} with {cfg.scale.seeds} seeds per cell "
         f"({len(plans)} runs); budgets: {json.dumps(budgets, sort_keys=True)}.",
+        *extra,
         f"Device: {', '.join(devices)}; versions: {json.dumps(versions(), sort_keys=True)}; "
         f"git revision of the runs: {', '.join(revisions)}; table written at {git_revision()}.",
         "Timing: training time only; evaluation and logging excluded; warm-up steps excluded and "

@@ -211,11 +211,10 @@ def test_every_optimizer_resumes_from_a_checkpoint_bitwise(make_cfg, tmp_path, n
     """A run interrupted after its checkpoint at step 10 and resumed gives the uninterrupted run's curve
     exactly: every optimizer's state (LODO's network and meta-optimizer, L2L's LSTM state, AMOLF's
     groups, quasi-Newton histories, ...) round-trips through ``torch.load(weights_only=True)``."""
-    import optimizers
-    import tasks
     from runners.checkpoint import Checkpointer
     from runners.loop import train
     from runners.plan import make_plan
+    from runners.run import build
 
     overrides, data = _checkpoint_task(name)
     if data and not (Path(os.environ.get("OPTBENCH_DATA_DIR", "")) / data).is_dir():
@@ -225,12 +224,7 @@ def test_every_optimizer_resumes_from_a_checkpoint_bitwise(make_cfg, tmp_path, n
     budget = {"steps": 16, "eval_every": 4}
 
     def run(checkpointer=None, stop_at=None):
-        torch.manual_seed(plan.config["task_seed"])
-        task = tasks.get(plan.task["name"])(seed=plan.config["task_seed"], device=torch.device("cpu"),
-                                            dtype=plan.dtype, data_dir=Path(os.environ.get("OPTBENCH_DATA_DIR", ".")),
-                                            **plan.task["options"])
-        torch.manual_seed(plan.config["optimizer_seed"])
-        optimizer = optimizers.get(name).build(task.parameters(), **plan.optimizer["hparams"])
+        task, optimizer = build(plan, torch.device("cpu"), Path(os.environ.get("OPTBENCH_DATA_DIR", ".")))
         if stop_at is not None:
             step, calls = optimizer.step, iter(range(10**6))
 
