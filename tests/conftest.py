@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+from runners.records import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = str(ROOT / "configs")
 os.environ.setdefault("WANDB_MODE", "disabled")
+RELIABILITY_PARTS = "OPTBENCH_RELIABILITY_PARTS"  # where each test process leaves its reliability figures
+
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist); workers inherit this
+        os.environ[RELIABILITY_PARTS] = tempfile.mkdtemp(prefix="optbench-reliability-")
+
+
+def pytest_sessionfinish(session) -> None:
+    """Merge the reliability figures of every test process into ``results/reliability.md`` when the
+    whole fault suite ran (every kind of figure present)."""
+    if hasattr(session.config, "workerinput") or RELIABILITY_PARTS not in os.environ:
+        return
+    figures: dict[str, list] = {"kills": [], "bad_inputs": [], "resumed": []}
+    for part in sorted(Path(os.environ[RELIABILITY_PARTS]).glob("*.json")):
+        for key, values in json.loads(part.read_text()).items():
+            figures[key] += values
+        part.unlink()
+    Path(os.environ[RELIABILITY_PARTS]).rmdir()
+    if all(figures.values()):
+        write_reliability_report(figures)
+
+
+def write_reliability_report(figures: dict[str, list]) -> None:
+    """``results/reliability.md`` from the merged figures of a run of the whole module."""
+    lines = ["# Reliability", "", "Written by `tests/test_reliability.py` in the last `make test` run.", "",
+             "| kill | runs finished before | runs after resume | runs lost | runs repeated |", "|---|---|---|---|---|"]
+    lines += [f"| {k['what']} | {k['before']} | {k['after']} | {k['lost']} | {k['repeated']} |"
+              for k in sorted(figures["kills"], key=lambda k: k["what"])]
+    lines += ["", f"Optimizers interrupted after a mid-run checkpoint and resumed to the uninterrupted curve "
+              f"bit for bit: {len(figures['resumed'])} ({', '.join(sorted(figures['resumed']))})."]
+    lines += ["", f"Bad inputs tried: {len(figures['bad_inputs'])}, each a one-line error with nothing written:", ""]
+    lines += [f"- `{cmd}` -> {msg}" for cmd, msg in sorted(figures["bad_inputs"])]
+    (ROOT / "results").mkdir(exist_ok=True)
+    atomic_write_text(ROOT / "results" / "reliability.md", "\n".join(lines) + "\n")
 
 
 @pytest.fixture

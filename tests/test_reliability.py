@@ -1,6 +1,6 @@
 """Fault and bad-input suite: sweeps survive SIGKILL, concurrency, divergence and broken inputs
 without losing results. The figures (kills survived, runs lost, bad inputs tried) are written to
-``results/reliability.md`` at the end of the module."""
+``results/reliability.md`` at the end of the session (``conftest.pytest_sessionfinish``)."""
 
 from __future__ import annotations
 
@@ -16,29 +16,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import RELIABILITY_PARTS, ROOT, run_cli
 
-pytestmark = pytest.mark.xdist_group("reliability")  # one worker runs the module, so one report is written
 FIGURES: dict[str, list] = {"kills": [], "bad_inputs": [], "resumed": []}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def reliability_report():
+def reliability_figures():
+    """This process's share of the figures; ``conftest.pytest_sessionfinish`` merges every worker's share
+    into ``results/reliability.md`` (pytest-xdist may spread the module over several workers)."""
     yield
-    if not FIGURES["kills"] and not FIGURES["bad_inputs"]:
-        return
-    lines = ["# Reliability", "", "Written by `tests/test_reliability.py` in the last `make test` run.", "",
-             "| kill | runs finished before | runs after resume | runs lost | runs repeated |", "|---|---|---|---|---|"]
-    lines += [f"| {k['what']} | {k['before']} | {k['after']} | {k['lost']} | {k['repeated']} |"
-              for k in FIGURES["kills"]]
-    if FIGURES["resumed"]:
-        lines += ["", f"Optimizers interrupted after a mid-run checkpoint and resumed to the uninterrupted curve "
-                  f"bit for bit: {len(FIGURES['resumed'])} ({', '.join(sorted(FIGURES['resumed']))})."]
-    lines += ["", f"Bad inputs tried: {len(FIGURES['bad_inputs'])}, each a one-line error with nothing written:", ""]
-    lines += [f"- `{cmd}` -> {msg}" for cmd, msg in FIGURES["bad_inputs"]]
-    (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / "reliability.md").write_text("\n".join(lines) + "\n")
+    if any(FIGURES.values()):
+        parts = Path(os.environ[RELIABILITY_PARTS])
+        (parts / f"{os.getpid()}.json").write_text(json.dumps(FIGURES))
 
 
 def summaries(results: Path) -> dict[str, dict]:
